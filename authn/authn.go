@@ -1,0 +1,155 @@
+// Package authn decides who is calling: it turns what arrived with a
+// CreateCertificate request (a bearer token, the clusterid header, a client
+// certificate) into a workload identity, or refuses. Each way of proving an
+// identity is an Authenticator in its own subpackage; Chain tries them in
+// order and fails closed.
+package authn
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Request is what the transport knows about a caller.
+type Request struct {
+	// BearerToken is the token from the "authorization: Bearer" metadata,
+	// empty if there was none.
+	BearerToken string
+	// ClusterID is the "clusterid" metadata the Istio agent sends
+	// (ISTIO_META_CLUSTER_ID); empty means the broker's own cluster.
+	ClusterID string
+	// PeerCertificates is the client certificate chain presented in the TLS
+	// handshake, leaf first, not yet verified.
+	PeerCertificates []*x509.Certificate
+}
+
+// Identity is an authenticated workload: a Kubernetes service account in a
+// trust domain.
+type Identity struct {
+	// ID is spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+	ID             spiffeid.ID
+	Namespace      string
+	ServiceAccount string
+	// Cluster is the cluster whose authority vouched for the caller.
+	Cluster string
+	// Method names the authenticator that accepted the caller, for audit.
+	Method string
+	// Subject is the credential's own subject (token sub, certificate
+	// serial), for audit.
+	Subject string
+}
+
+// Authenticator proves a caller's identity one way.
+type Authenticator interface {
+	// Name identifies the method in logs and metrics.
+	Name() string
+	// Authenticate returns the caller's identity. It returns an error
+	// wrapping ErrNoCredential when the request carries nothing this
+	// authenticator understands, ErrDenied when the credential is not
+	// good, and ErrUnavailable when the authority that must vouch for it
+	// could not be asked.
+	Authenticate(ctx context.Context, req *Request) (*Identity, error)
+}
+
+var (
+	// ErrNoCredential: the request has no credential of this kind.
+	ErrNoCredential = errors.New("no credential")
+	// ErrDenied: the credential was checked and refused.
+	ErrDenied = errors.New("authentication failed")
+	// ErrUnavailable: the authority could not be asked; try again.
+	ErrUnavailable = errors.New("authentication authority unavailable")
+)
+
+// Chain tries authenticators in order; the first that accepts the caller
+// wins. If none does, the error says why each refused, and is
+// ErrUnavailable only if some authority could not be asked and no
+// credential was refused outright (so the agent retries only when a retry
+// can help).
+type Chain []Authenticator
+
+// Name implements Authenticator.
+func (c Chain) Name() string { return "chain" }
+
+// Authenticate implements Authenticator.
+func (c Chain) Authenticate(ctx context.Context, req *Request) (*Identity, error) {
+	var reasons []string
+	var denied, unavailable bool
+	for _, a := range c {
+		id, err := a.Authenticate(ctx, req)
+		switch {
+		case err == nil && id != nil:
+			id.Method = a.Name()
+			return id, nil
+		case err == nil:
+			return nil, fmt.Errorf("%s: %w: authenticator returned no identity", a.Name(), ErrDenied)
+		case errors.Is(err, ErrNoCredential):
+			continue
+		case errors.Is(err, ErrUnavailable):
+			unavailable = true
+		default:
+			denied = true
+		}
+		reasons = append(reasons, fmt.Sprintf("%s: %v", a.Name(), err))
+	}
+	if len(reasons) == 0 {
+		return nil, fmt.Errorf("%w: no credential presented (expected an \"authorization: Bearer <service-account token>\" header or a client certificate)", ErrDenied)
+	}
+	kind := ErrDenied
+	if unavailable && !denied {
+		kind = ErrUnavailable
+	}
+	return nil, fmt.Errorf("%w: %s", kind, strings.Join(reasons, "; "))
+}
+
+// WorkloadID builds the SPIFFE ID of a service account in a trust domain,
+// refusing namespace or service-account names that are not valid
+// Kubernetes names (so no path trickery can reach the ID).
+func WorkloadID(td spiffeid.TrustDomain, namespace, serviceAccount string) (spiffeid.ID, error) {
+	if !validDNSLabel(namespace) {
+		return spiffeid.ID{}, fmt.Errorf("%w: namespace %q is not a valid Kubernetes namespace name", ErrDenied, namespace)
+	}
+	if !validDNSSubdomain(serviceAccount) {
+		return spiffeid.ID{}, fmt.Errorf("%w: service account %q is not a valid Kubernetes name", ErrDenied, serviceAccount)
+	}
+	return spiffeid.FromSegments(td, "ns", namespace, "sa", serviceAccount)
+}
+
+// ParseServiceAccountUsername splits "system:serviceaccount:<ns>:<sa>", the
+// username Kubernetes gives a service account in TokenReview and the sub
+// claim of its tokens.
+func ParseServiceAccountUsername(username string) (namespace, serviceAccount string, err error) {
+	const prefix = "system:serviceaccount:"
+	rest, ok := strings.CutPrefix(username, prefix)
+	if !ok {
+		return "", "", fmt.Errorf("%w: %q is not a service account", ErrDenied, username)
+	}
+	ns, sa, ok := strings.Cut(rest, ":")
+	if !ok || ns == "" || sa == "" || strings.Contains(sa, ":") {
+		return "", "", fmt.Errorf("%w: malformed service account username %q", ErrDenied, username)
+	}
+	return ns, sa, nil
+}
+
+// ParseWorkloadID is the inverse of WorkloadID for a SPIFFE ID in one of
+// the accepted trust domains: it returns the namespace and service account.
+func ParseWorkloadID(id spiffeid.ID) (namespace, serviceAccount string, err error) {
+	segs := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(segs) != 4 || segs[0] != "ns" || segs[2] != "sa" {
+		return "", "", fmt.Errorf("%w: %s is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>", ErrDenied, id)
+	}
+	if !validDNSLabel(segs[1]) || !validDNSSubdomain(segs[3]) {
+		return "", "", fmt.Errorf("%w: %s names an invalid namespace or service account", ErrDenied, id)
+	}
+	return segs[1], segs[3], nil
+}
+
+// Kubernetes' own validation, so the broker accepts exactly the names the
+// API server can create.
+func validDNSLabel(s string) bool     { return len(validation.IsDNS1123Label(s)) == 0 }
+func validDNSSubdomain(s string) bool { return len(validation.IsDNS1123Subdomain(s)) == 0 }

@@ -1,0 +1,139 @@
+// Package backendtest is the conformance check every backend's tests run
+// against a real (or wire-faithful fake) peer: the signer must issue exactly
+// what the approved template says, for the CSR's key, chained to the trust
+// anchors it reports.
+package backendtest
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/meshca/broker/backends"
+)
+
+// NewRequest builds an approved request the way the broker's policy does:
+// a fresh key, a CSR carrying the SPIFFE ID, and a template with an empty
+// subject, that URI SAN, TLS client and server usages and the given lifetime.
+func NewRequest(t testing.TB, spiffeID string, ttl time.Duration) (*backends.Request, crypto.Signer) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewRequestForKey(t, key, spiffeID, ttl), key
+}
+
+// NewRequestForKey is NewRequest with the caller's key (RSA or ECDSA).
+func NewRequestForKey(t testing.TB, key crypto.Signer, spiffeID string, ttl time.Duration) *backends.Request {
+	t.Helper()
+	u, err := url.Parse(spiffeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Truncate(time.Second)
+	return &backends.Request{
+		CSR: csr,
+		Template: &x509.Certificate{
+			Subject:               pkix.Name{},
+			URIs:                  []*url.URL{u},
+			NotBefore:             now.Add(-time.Minute),
+			NotAfter:              now.Add(ttl),
+			KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+			ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+			BasicConstraintsValid: true,
+		},
+	}
+}
+
+// CheckIssued asserts what the broker's verification step would: the leaf
+// holds the CSR's key, exactly the template's URI SANs and no other names,
+// is not a CA, does not outlive the template, and the chain verifies to
+// the signer's trust anchors.
+func CheckIssued(t testing.TB, s backends.Signer, req *backends.Request, chain []*x509.Certificate) {
+	t.Helper()
+	if len(chain) == 0 {
+		t.Fatal("signer returned an empty chain")
+	}
+	leaf := chain[0]
+	if !publicKeyEqual(leaf.PublicKey, req.CSR.PublicKey) {
+		t.Errorf("leaf public key is not the CSR's")
+	}
+	if len(leaf.URIs) != len(req.Template.URIs) {
+		t.Fatalf("leaf URIs %v, want %v", leaf.URIs, req.Template.URIs)
+	}
+	for i := range leaf.URIs {
+		if leaf.URIs[i].String() != req.Template.URIs[i].String() {
+			t.Errorf("leaf URI %d = %s, want %s", i, leaf.URIs[i], req.Template.URIs[i])
+		}
+	}
+	if len(leaf.DNSNames) != len(req.Template.DNSNames) || len(leaf.IPAddresses) != 0 || len(leaf.EmailAddresses) != 0 {
+		t.Errorf("leaf has unexpected names: dns=%v ip=%v email=%v", leaf.DNSNames, leaf.IPAddresses, leaf.EmailAddresses)
+	}
+	if leaf.IsCA {
+		t.Errorf("leaf is a CA")
+	}
+	if leaf.NotAfter.After(req.Template.NotAfter.Add(time.Minute)) {
+		t.Errorf("leaf NotAfter %v is later than the template's %v", leaf.NotAfter, req.Template.NotAfter)
+	}
+	anchors, err := s.TrustAnchors(context.Background())
+	if err != nil {
+		t.Fatalf("TrustAnchors: %v", err)
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, a := range anchors {
+		roots.AddCert(a)
+	}
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("issued chain does not verify to the signer's trust anchors: %v", err)
+	}
+}
+
+// Run issues one certificate for each common key type and checks it.
+func Run(t *testing.T, s backends.Signer, spiffeID string) {
+	t.Helper()
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, key := range map[string]crypto.Signer{"rsa2048": rsaKey, "ecdsa-p256": ecKey} {
+		t.Run(name, func(t *testing.T) {
+			req := NewRequestForKey(t, key, spiffeID, time.Hour)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			chain, err := s.Sign(ctx, req)
+			if err != nil {
+				t.Fatalf("Sign: %v", err)
+			}
+			CheckIssued(t, s, req, chain)
+		})
+	}
+}
+
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ak.Equal(b)
+}

@@ -1,0 +1,348 @@
+// Package config is the broker's configuration: one YAML file holding every
+// setting, defaults for what is left out, and validation at start that
+// names the offending key.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/policy"
+)
+
+// Duration reads "30s"-style strings.
+type Duration = backends.Duration
+
+// Config is the whole configuration file.
+type Config struct {
+	// Listen is the gRPC address (default ":15012", istiod's CA port).
+	Listen string `json:"listen,omitempty"`
+	// MetricsListen serves /metrics, /healthz and /readyz (default
+	// ":15014"; "off" disables).
+	MetricsListen string `json:"metricsListen,omitempty"`
+	// DataDir keeps state such as a generated local root (default
+	// /var/lib/meshca).
+	DataDir string `json:"dataDir,omitempty"`
+	// TrustDomain of issued SPIFFE IDs (default cluster.local).
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// TrustDomainAliases are other trust domains a CSR may name for the
+	// same workload; the certificate always carries TrustDomain.
+	TrustDomainAliases []string `json:"trustDomainAliases,omitempty"`
+	// ClusterID is this broker's own cluster as the Istio agent names it in
+	// its clusterid header (default "Kubernetes", Istio's default).
+	ClusterID string `json:"clusterID,omitempty"`
+	// SignTimeout bounds one backend signing, retries included (default 10s).
+	SignTimeout Duration `json:"signTimeout,omitempty"`
+	// TrustAnchorsRefresh is how often the backend's trust anchors are
+	// read again (default 5m).
+	TrustAnchorsRefresh Duration `json:"trustAnchorsRefresh,omitempty"`
+
+	TLS     TLS     `json:"tls,omitempty"`
+	Authn   Authn   `json:"authn,omitempty"`
+	Policy  Policy  `json:"policy,omitempty"`
+	Backend Backend `json:"backend,omitempty"`
+	Log     Log     `json:"log,omitempty"`
+}
+
+// TLS is the serving certificate.
+type TLS struct {
+	// DNSNames the broker's certificate carries. The defaults fit an
+	// install in istio-system; istiod.istio-system.svc is also the name the
+	// agent checks when its CA address says localhost.
+	DNSNames []string `json:"dnsNames,omitempty"`
+	// TTL of the serving certificate (default 24h); renewed at 2/3.
+	TTL Duration `json:"ttl,omitempty"`
+}
+
+// Authn selects the authenticators.
+type Authn struct {
+	Kubernetes         Kubernetes `json:"kubernetes,omitempty"`
+	JWKS               []JWKS     `json:"jwks,omitempty"`
+	ClientCertificates *bool      `json:"clientCertificates,omitempty"`
+}
+
+// Kubernetes is TokenReview against the local cluster's API server.
+type Kubernetes struct {
+	// Enabled defaults to true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Kubeconfig path; empty means in-cluster configuration.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// Audiences the token must be for (default [istio-ca]).
+	Audiences []string `json:"audiences,omitempty"`
+	// Timeout of one TokenReview (default 5s).
+	Timeout Duration `json:"timeout,omitempty"`
+}
+
+// JWKS verifies tokens locally against a key set.
+type JWKS struct {
+	Issuer    string   `json:"issuer"`
+	File      string   `json:"file,omitempty"`
+	URL       string   `json:"url,omitempty"`
+	CAFile    string   `json:"caFile,omitempty"`
+	TokenFile string   `json:"tokenFile,omitempty"`
+	Audiences []string `json:"audiences,omitempty"`
+	ClusterID string   `json:"clusterID,omitempty"`
+}
+
+// Policy bounds what is issued.
+type Policy struct {
+	DefaultTTL Duration `json:"defaultTTL,omitempty"`
+	MinTTL     Duration `json:"minTTL,omitempty"`
+	MaxTTL     Duration `json:"maxTTL,omitempty"`
+	// TTLOutOfBounds: clamp (default) or refuse.
+	TTLOutOfBounds   string       `json:"ttlOutOfBounds,omitempty"`
+	Backdate         *Duration    `json:"backdate,omitempty"`
+	Keys             *policy.Keys `json:"keys,omitempty"`
+	MaxCSRBytes      int          `json:"maxCSRBytes,omitempty"`
+	MaxMetadataBytes int          `json:"maxMetadataBytes,omitempty"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level: debug, info (default), warn, error.
+	Level string `json:"level,omitempty"`
+	// Format: json (default) or text.
+	Format string `json:"format,omitempty"`
+}
+
+// Backend names the signer type; its settings live under a key named
+// after the type (backend: {type: vault, vault: {...}}).
+type Backend struct {
+	Type     string
+	Settings json.RawMessage
+}
+
+// UnmarshalJSON splits the type from its settings section and refuses
+// sections for other types, so a misspelt type is not silently ignored.
+func (b *Backend) UnmarshalJSON(data []byte) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return err
+	}
+	if raw, ok := m["type"]; ok {
+		if err := json.Unmarshal(raw, &b.Type); err != nil {
+			return fmt.Errorf("backend.type: %w", err)
+		}
+	}
+	for k, v := range m {
+		switch k {
+		case "type":
+		case b.Type:
+			b.Settings = v
+		default:
+			return fmt.Errorf("backend.%s: unknown key (backend.type is %q, so its settings go under backend.%s)", k, b.Type, b.Type)
+		}
+	}
+	return nil
+}
+
+// MarshalJSON is the inverse of UnmarshalJSON.
+func (b Backend) MarshalJSON() ([]byte, error) {
+	m := map[string]json.RawMessage{}
+	t, _ := json.Marshal(b.Type)
+	m["type"] = t
+	if len(b.Settings) > 0 {
+		m[b.Type] = b.Settings
+	}
+	return json.Marshal(m)
+}
+
+// DefaultDNSNames are the serving certificate names for an install as
+// istiod's replacement in istio-system.
+var DefaultDNSNames = []string{
+	"istiod.istio-system.svc",
+	"istiod.istio-system.svc.cluster.local",
+	"istiod.istio-system",
+	"istiod",
+	"meshca-broker.istio-system.svc",
+	"meshca-broker.istio-system.svc.cluster.local",
+}
+
+// Load reads and parses a YAML file strictly; the result still needs
+// ApplyDefaults and Validate.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	return Parse(b)
+}
+
+// Parse parses YAML strictly: an unknown key is an error naming it.
+func Parse(data []byte) (*Config, error) {
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("configuration is not valid YAML: %w", err)
+	}
+	cfg := &Config{}
+	if len(bytes.TrimSpace(j)) == 0 || string(bytes.TrimSpace(j)) == "null" {
+		return cfg, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		return nil, fmt.Errorf("configuration: %s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return cfg, nil
+}
+
+// ApplyDefaults fills in what was left out.
+func (c *Config) ApplyDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	defD := func(d *Duration, v time.Duration) {
+		if d.Duration == 0 {
+			d.Duration = v
+		}
+	}
+	def(&c.Listen, ":15012")
+	def(&c.MetricsListen, ":15014")
+	def(&c.DataDir, "/var/lib/meshca")
+	def(&c.TrustDomain, "cluster.local")
+	def(&c.ClusterID, "Kubernetes")
+	defD(&c.SignTimeout, 10*time.Second)
+	defD(&c.TrustAnchorsRefresh, 5*time.Minute)
+	if len(c.TLS.DNSNames) == 0 {
+		c.TLS.DNSNames = append([]string(nil), DefaultDNSNames...)
+	}
+	defD(&c.TLS.TTL, 24*time.Hour)
+	if c.Authn.Kubernetes.Enabled == nil {
+		t := true
+		c.Authn.Kubernetes.Enabled = &t
+	}
+	if len(c.Authn.Kubernetes.Audiences) == 0 {
+		c.Authn.Kubernetes.Audiences = []string{"istio-ca"}
+	}
+	defD(&c.Authn.Kubernetes.Timeout, 5*time.Second)
+	for i := range c.Authn.JWKS {
+		if len(c.Authn.JWKS[i].Audiences) == 0 {
+			c.Authn.JWKS[i].Audiences = []string{"istio-ca"}
+		}
+		def(&c.Authn.JWKS[i].ClusterID, c.ClusterID)
+	}
+	if c.Authn.ClientCertificates == nil {
+		t := true
+		c.Authn.ClientCertificates = &t
+	}
+	pd := policy.Defaults()
+	defD(&c.Policy.DefaultTTL, pd.DefaultTTL)
+	defD(&c.Policy.MinTTL, pd.MinTTL)
+	defD(&c.Policy.MaxTTL, pd.MaxTTL)
+	def(&c.Policy.TTLOutOfBounds, string(pd.OutOfBounds))
+	if c.Policy.Backdate == nil {
+		c.Policy.Backdate = &Duration{Duration: pd.Backdate}
+	}
+	if c.Policy.Keys == nil {
+		k := pd.Keys
+		c.Policy.Keys = &k
+	}
+	if c.Policy.MaxCSRBytes == 0 {
+		c.Policy.MaxCSRBytes = pd.MaxCSRBytes
+	}
+	if c.Policy.MaxMetadataBytes == 0 {
+		c.Policy.MaxMetadataBytes = pd.MaxMetadataBytes
+	}
+	def(&c.Backend.Type, "local")
+	def(&c.Log.Level, "info")
+	def(&c.Log.Format, "json")
+}
+
+// PolicyConfig converts the policy section; call after Validate.
+func (c *Config) PolicyConfig() policy.Config {
+	pc := policy.Config{
+		TrustDomain:      spiffeid.RequireTrustDomainFromString(c.TrustDomain),
+		DefaultTTL:       c.Policy.DefaultTTL.Duration,
+		MinTTL:           c.Policy.MinTTL.Duration,
+		MaxTTL:           c.Policy.MaxTTL.Duration,
+		OutOfBounds:      policy.OverMax(c.Policy.TTLOutOfBounds),
+		Backdate:         c.Policy.Backdate.Duration,
+		Keys:             *c.Policy.Keys,
+		MaxCSRBytes:      c.Policy.MaxCSRBytes,
+		MaxMetadataBytes: c.Policy.MaxMetadataBytes,
+	}
+	for _, a := range c.TrustDomainAliases {
+		pc.TrustDomainAliases = append(pc.TrustDomainAliases, spiffeid.RequireTrustDomainFromString(a))
+	}
+	return pc
+}
+
+// Validate checks every setting and names the first bad key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(key, v string) {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			bad(key, "%q is not a host:port address: %v", v, err)
+		}
+	}
+	checkAddr("listen", c.Listen)
+	if c.MetricsListen != "off" {
+		checkAddr("metricsListen", c.MetricsListen)
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		bad("trustDomain", "%q: %v", c.TrustDomain, err)
+	}
+	for i, a := range c.TrustDomainAliases {
+		if _, err := spiffeid.TrustDomainFromString(a); err != nil {
+			bad(fmt.Sprintf("trustDomainAliases[%d]", i), "%q: %v", a, err)
+		}
+	}
+	if c.SignTimeout.Duration <= 0 || c.SignTimeout.Duration > 5*time.Minute {
+		bad("signTimeout", "%s is outside (0, 5m]", c.SignTimeout)
+	}
+	if c.TLS.TTL.Duration < 10*time.Minute {
+		bad("tls.ttl", "%s is shorter than 10m", c.TLS.TTL)
+	}
+	for i, j := range c.Authn.JWKS {
+		key := fmt.Sprintf("authn.jwks[%d]", i)
+		if j.Issuer == "" {
+			bad(key+".issuer", "must be set")
+		}
+		if (j.File == "") == (j.URL == "") {
+			bad(key, "exactly one of file and url must be set")
+		}
+	}
+	if !*c.Authn.Kubernetes.Enabled && len(c.Authn.JWKS) == 0 && !*c.Authn.ClientCertificates {
+		bad("authn", "no authenticator is enabled; every request would be refused")
+	}
+	if !*c.Authn.Kubernetes.Enabled && len(c.Authn.JWKS) == 0 {
+		bad("authn", "a token authenticator (kubernetes or jwks) is needed: client certificates only renew existing identities")
+	}
+	if c.Backend.Type == "" {
+		bad("backend.type", "must be set (known: %v)", backends.Types())
+	} else if !slices.Contains(backends.Types(), c.Backend.Type) {
+		bad("backend.type", "unknown type %q (known: %v)", c.Backend.Type, backends.Types())
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		bad("log.format", "%q is not json or text", c.Log.Format)
+	}
+	if len(errs) == 0 {
+		if err := c.PolicyConfig().Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

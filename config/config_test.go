@@ -1,0 +1,77 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/meshca/broker/backends/localca"
+)
+
+func TestFullExampleIsValid(t *testing.T) {
+	cfg, err := Load("testdata/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Backend.Type != "local" || !strings.Contains(string(cfg.Backend.Settings), "ECDSA-P256") {
+		t.Errorf("backend = %q %s", cfg.Backend.Type, cfg.Backend.Settings)
+	}
+	if cfg.Policy.MaxTTL.Duration != 24*time.Hour || cfg.TLS.TTL.Duration != 24*time.Hour {
+		t.Errorf("durations not read: %+v", cfg.Policy)
+	}
+}
+
+func TestEmptyFileGetsDefaults(t *testing.T) {
+	cfg, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":15012" || cfg.TrustDomain != "cluster.local" || cfg.ClusterID != "Kubernetes" || cfg.Backend.Type != "local" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	if got := cfg.Authn.Kubernetes.Audiences; len(got) != 1 || got[0] != "istio-ca" {
+		t.Errorf("audiences = %v", got)
+	}
+}
+
+func TestErrorsNameTheKey(t *testing.T) {
+	cases := []struct{ name, yaml, mention string }{
+		{"unknown top-level key", "listn: :1", `unknown field "listn"`},
+		{"unknown nested key", "policy:\n  maxLifetime: 1h", `unknown field "maxLifetime"`},
+		{"not YAML", "listen: [", "not valid YAML"},
+		{"bad duration", "policy:\n  maxTTL: forever", "forever"},
+		{"backend section for another type", "backend:\n  type: local\n  vault: {}", "backend.vault"},
+		{"unknown backend", "backend:\n  type: nosuch", "backend.type"},
+		{"bad listen", "listen: nowhere", "listen"},
+		{"bad trust domain", "trustDomain: Not_A_Domain!", "trustDomain"},
+		{"bad alias", "trustDomainAliases: ['a b']", "trustDomainAliases[0]"},
+		{"max below min", "policy:\n  minTTL: 2h\n  maxTTL: 1h\n  defaultTTL: 1h", "maxTTL"},
+		{"bad mode", "policy:\n  ttlOutOfBounds: sometimes", "ttlOutOfBounds"},
+		{"jwks without source", "authn:\n  jwks:\n    - issuer: x", "authn.jwks[0]"},
+		{"jwks without issuer", "authn:\n  jwks:\n    - file: /x", "authn.jwks[0].issuer"},
+		{"no token authenticator", "authn:\n  kubernetes:\n    enabled: false", "authn"},
+		{"bad log level", "log:\n  level: loud", "log.level"},
+		{"short tls ttl", "tls:\n  ttl: 1m", "tls.ttl"},
+		{"weak rsa", "policy:\n  keys:\n    rsaMinBits: 1024\n    rsaMaxBits: 4096", "rsaMinBits"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tc.yaml))
+			if err == nil {
+				cfg.ApplyDefaults()
+				err = cfg.Validate()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("err = %v, want it to name %q", err, tc.mention)
+			}
+		})
+	}
+}

@@ -1,0 +1,368 @@
+package policy
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
+	"errors"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshca/broker/authn"
+)
+
+const caller = "spiffe://cluster.local/ns/shop/sa/cart"
+
+var (
+	ecKey  = mustEC(elliptic.P256())
+	rsaKey = mustRSA(2048)
+)
+
+func mustEC(c elliptic.Curve) crypto.Signer {
+	k, err := ecdsa.GenerateKey(c, rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+func mustRSA(bits int) crypto.Signer {
+	k, err := rsa.GenerateKey(rand.Reader, bits)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+func csrPEM(t testing.TB, key crypto.Signer, tmpl *x509.CertificateRequest) string {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+}
+
+func uris(ss ...string) []*url.URL {
+	var out []*url.URL
+	for _, s := range ss {
+		u, err := url.Parse(s)
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
+func ext(t testing.TB, oid asn1.ObjectIdentifier, val any) pkix.Extension {
+	t.Helper()
+	b, err := asn1.Marshal(val)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pkix.Extension{Id: oid, Value: b}
+}
+
+func identity() *authn.Identity {
+	return &authn.Identity{ID: spiffeid.RequireFromString(caller), Namespace: "shop", ServiceAccount: "cart"}
+}
+
+func newPolicy(t testing.TB, mod func(*Config)) *Policy {
+	t.Helper()
+	cfg := Defaults()
+	cfg.TrustDomainAliases = []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("old.example")}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestAuthorizeRefusesHostileRequests(t *testing.T) {
+	good := func(t *testing.T) string { return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller)}) }
+	sanWithOtherName := func(t *testing.T) pkix.Extension {
+		// A SAN holding an otherName (tag 0): Go's parser drops it, so
+		// it must be caught on the raw extension.
+		other := asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: []byte{0x06, 0x03, 0x2b, 0x06, 0x01, 0xa0, 0x03, 0x0c, 0x01, 0x78}}
+		uri := asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte(caller)}
+		return ext(t, oidExtSubjectAltName, []asn1.RawValue{uri, other})
+	}
+	cases := []struct {
+		name     string
+		csr      func(t *testing.T) string
+		validity int64
+		md       *structpb.Struct
+		want     error
+		mention  string
+	}{
+		{"empty csr", func(*testing.T) string { return "" }, 0, nil, ErrInvalid, "csr is empty"},
+		{"not PEM", func(*testing.T) string { return "hello" }, 0, nil, ErrInvalid, "not PEM"},
+		{"wrong PEM type", func(t *testing.T) string {
+			return strings.Replace(good(t), "CERTIFICATE REQUEST", "CERTIFICATE", 2)
+		}, 0, nil, ErrInvalid, `"CERTIFICATE"`},
+		{"garbage DER", func(*testing.T) string {
+			return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{0x30, 0x03, 1, 2, 3}}))
+		}, 0, nil, ErrInvalid, "does not parse"},
+		{"trailing data", func(t *testing.T) string { return good(t) + "junk" }, 0, nil, ErrInvalid, "after the PEM block"},
+		{"two CSRs", func(t *testing.T) string { return good(t) + good(t) }, 0, nil, ErrInvalid, "after the PEM block"},
+		{"oversized csr", func(t *testing.T) string { return good(t) + strings.Repeat(" ", 20000) }, 0, nil, ErrInvalid, "more than the"},
+		{"bad signature", func(t *testing.T) string {
+			der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: uris(caller)}, ecKey)
+			der[len(der)-3] ^= 0xff
+			return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+		}, 0, nil, ErrInvalid, ""},
+		{"another workload's ID", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris("spiffe://cluster.local/ns/shop/sa/payments")})
+		}, 0, nil, ErrDenied, "ns/shop/sa/payments"},
+		{"another namespace", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris("spiffe://cluster.local/ns/kube-system/sa/cart")})
+		}, 0, nil, ErrDenied, "kube-system"},
+		{"foreign trust domain", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris("spiffe://evil.example/ns/shop/sa/cart")})
+		}, 0, nil, ErrDenied, "evil.example"},
+		{"own ID plus another", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller, "spiffe://cluster.local/ns/shop/sa/admin")})
+		}, 0, nil, ErrDenied, "URI SANs"},
+		{"own ID with query", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller + "?x=1")})
+		}, 0, nil, ErrDenied, "URI SAN"},
+		{"own ID with port", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris("spiffe://cluster.local:443/ns/shop/sa/cart")})
+		}, 0, nil, ErrDenied, "URI SAN"},
+		{"uppercase trust domain", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris("spiffe://CLUSTER.local/ns/shop/sa/cart")})
+		}, 0, nil, ErrDenied, "URI SAN"},
+		{"https URI", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris("https://cluster.local/ns/shop/sa/cart")})
+		}, 0, nil, ErrDenied, "URI SAN"},
+		{"path suffix", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller + "/extra")})
+		}, 0, nil, ErrDenied, "URI SAN"},
+		{"DNS name", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), DNSNames: []string{"payments.shop.svc"}})
+		}, 0, nil, ErrDenied, "DNS names"},
+		{"IP address", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{IPAddresses: []net.IP{net.ParseIP("10.0.0.1")}})
+		}, 0, nil, ErrDenied, "IP addresses"},
+		{"email", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{EmailAddresses: []string{"root@example.com"}})
+		}, 0, nil, ErrDenied, "email"},
+		{"otherName SAN", func(t *testing.T) string {
+			return csrPEM(t, ecKey, &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{sanWithOtherName(t)}})
+		}, 0, nil, ErrDenied, "kind 0"},
+		{"CA true", func(t *testing.T) string {
+			bc := ext(t, oidExtBasicConstraints, struct {
+				IsCA bool `asn1:"optional"`
+			}{true})
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{bc}})
+		}, 0, nil, ErrDenied, "CA:true"},
+		{"unknown extension", func(t *testing.T) string {
+			e := ext(t, asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, "x")
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{e}})
+		}, 0, nil, ErrDenied, "1.3.6.1.4.1.99999.1"},
+		{"name constraints extension", func(t *testing.T) string {
+			e := pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 30}, Value: []byte{0x30, 0x00}}
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{e}})
+		}, 0, nil, ErrDenied, "2.5.29.30"},
+		{"RSA 1024", func(t *testing.T) string {
+			return csrPEM(t, mustRSA(1024), &x509.CertificateRequest{URIs: uris(caller)})
+		}, 0, nil, ErrDenied, "RSA-1024"},
+		{"ECDSA P-521 not allowed by default", func(t *testing.T) string {
+			return csrPEM(t, mustEC(elliptic.P521()), &x509.CertificateRequest{URIs: uris(caller)})
+		}, 0, nil, ErrDenied, "P-521"},
+		{"Ed25519 not allowed by default", func(t *testing.T) string {
+			_, k, _ := ed25519.GenerateKey(rand.Reader)
+			return csrPEM(t, k, &x509.CertificateRequest{URIs: uris(caller)})
+		}, 0, nil, ErrDenied, "Ed25519"},
+		{"negative validity", good, -5, nil, ErrInvalid, "negative"},
+		{"absurd validity", good, 1 << 62, nil, ErrInvalid, "absurdly"},
+		{"impersonation", good, 0, mustStruct(map[string]any{"ImpersonatedIdentity": "spiffe://cluster.local/ns/shop/sa/admin"}), ErrDenied, "ImpersonatedIdentity"},
+		{"impersonation as a non-string", good, 0, mustStruct(map[string]any{"ImpersonatedIdentity": map[string]any{"a": 1}}), ErrDenied, "ImpersonatedIdentity"},
+		{"CertSigner not a string", good, 0, mustStruct(map[string]any{"CertSigner": 3}), ErrInvalid, "CertSigner"},
+		{"oversized metadata", good, 0, mustStruct(map[string]any{"pad": strings.Repeat("x", 5000)}), ErrInvalid, "metadata"},
+	}
+	p := newPolicy(t, nil)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := p.Authorize(identity(), Request{CSRPEM: tc.csr(t), ValiditySeconds: tc.validity, Metadata: tc.md})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Authorize = %v, %v; want error %v", d, err, tc.want)
+			}
+			if d != nil {
+				t.Fatal("a refused request returned a decision")
+			}
+			if !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("error %q does not mention %q", err, tc.mention)
+			}
+		})
+	}
+}
+
+func mustStruct(m map[string]any) *structpb.Struct {
+	s, err := structpb.NewStruct(m)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+func TestAuthorizeBuildsTemplateFromPolicyOnly(t *testing.T) {
+	p := newPolicy(t, nil)
+	cases := []struct {
+		name string
+		key  crypto.Signer
+		tmpl *x509.CertificateRequest
+	}{
+		{"agent style ECDSA", ecKey, &x509.CertificateRequest{URIs: uris(caller)}},
+		{"agent style RSA", rsaKey, &x509.CertificateRequest{URIs: uris(caller)}},
+		{"no SAN at all", ecKey, &x509.CertificateRequest{}},
+		{"alias trust domain", ecKey, &x509.CertificateRequest{URIs: uris("spiffe://old.example/ns/shop/sa/cart")}},
+		{"subject and usages requested are ignored", ecKey, &x509.CertificateRequest{
+			Subject: pkix.Name{CommonName: "admin", Organization: []string{"root"}},
+			URIs:    uris(caller),
+			ExtraExtensions: []pkix.Extension{
+				{Id: oidExtKeyUsage, Value: []byte{0x03, 0x02, 0x01, 0x06}}, // keyCertSign|cRLSign
+				ext(t, oidExtBasicConstraints, struct {
+					IsCA bool `asn1:"optional"`
+				}{false}),
+			},
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := p.Authorize(identity(), Request{CSRPEM: csrPEM(t, tc.key, tc.tmpl), ValiditySeconds: 3600})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tm := d.Template
+			if len(tm.URIs) != 1 || tm.URIs[0].String() != caller {
+				t.Errorf("template URIs = %v, want [%s]", tm.URIs, caller)
+			}
+			if len(tm.DNSNames)+len(tm.IPAddresses)+len(tm.EmailAddresses) != 0 || len(tm.ExtraExtensions) != 0 {
+				t.Errorf("template carries names or extensions beyond the SPIFFE ID: %+v", tm)
+			}
+			if tm.IsCA || !tm.BasicConstraintsValid {
+				t.Errorf("template must be a non-CA with basic constraints")
+			}
+			if tm.KeyUsage != x509.KeyUsageDigitalSignature|x509.KeyUsageKeyEncipherment {
+				t.Errorf("key usage = %v", tm.KeyUsage)
+			}
+			if len(tm.ExtKeyUsage) != 2 {
+				t.Errorf("ext key usage = %v", tm.ExtKeyUsage)
+			}
+			if tm.Subject.String() != "" {
+				t.Errorf("subject = %q, want empty", tm.Subject.String())
+			}
+			if got := tm.NotAfter.Sub(tm.NotBefore); got != time.Hour+time.Minute {
+				t.Errorf("lifetime = %s, want 1h plus 1m backdate", got)
+			}
+		})
+	}
+}
+
+func TestLifetime(t *testing.T) {
+	cases := []struct {
+		name    string
+		mode    OverMax
+		seconds int64
+		want    time.Duration
+		err     error
+	}{
+		{"default when unset", Clamp, 0, 24 * time.Hour, nil},
+		{"honoured inside bounds", Clamp, 7200, 2 * time.Hour, nil},
+		{"clamped to max", Clamp, 90 * 24 * 3600, 24 * time.Hour, nil},
+		{"raised to min", Clamp, 5, 10 * time.Minute, nil},
+		{"refused above max", Refuse, 48 * 3600, 0, ErrDenied},
+		{"refused below min", Refuse, 60, 0, ErrDenied},
+		{"max itself accepted in refuse mode", Refuse, 24 * 3600, 24 * time.Hour, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPolicy(t, func(c *Config) { c.OutOfBounds = tc.mode })
+			_, got, err := p.lifetime(tc.seconds)
+			if !errors.Is(err, tc.err) || got != tc.want {
+				t.Fatalf("lifetime(%d) = %s, %v; want %s, %v", tc.seconds, got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+func TestAuthorizeRefusesIdentityOutsideTrustDomain(t *testing.T) {
+	p := newPolicy(t, nil)
+	id := &authn.Identity{ID: spiffeid.RequireFromString("spiffe://other.example/ns/shop/sa/cart")}
+	_, err := p.Authorize(id, Request{CSRPEM: csrPEM(t, ecKey, &x509.CertificateRequest{})})
+	if !errors.Is(err, ErrDenied) {
+		t.Fatalf("err = %v, want ErrDenied", err)
+	}
+	if _, err := p.Authorize(nil, Request{}); !errors.Is(err, ErrDenied) {
+		t.Fatalf("nil identity: err = %v, want ErrDenied", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	cases := []struct {
+		name    string
+		mod     func(*Config)
+		mention string
+	}{
+		{"max below min", func(c *Config) { c.MaxTTL = time.Minute }, "maxTTL"},
+		{"default outside", func(c *Config) { c.DefaultTTL = 48 * time.Hour }, "defaultTTL"},
+		{"bad mode", func(c *Config) { c.OutOfBounds = "maybe" }, "ttlOutOfBounds"},
+		{"weak RSA", func(c *Config) { c.Keys.RSAMinBits = 1024 }, "rsaMinBits"},
+		{"unknown curve", func(c *Config) { c.Keys.ECDSACurves = []string{"P-224"} }, "P-224"},
+		{"no trust domain", func(c *Config) { c.TrustDomain = spiffeid.TrustDomain{} }, "trustDomain"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Defaults()
+			tc.mod(&cfg)
+			err := cfg.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("Validate() = %v, want an error naming %s", err, tc.mention)
+			}
+		})
+	}
+}
+
+func FuzzAuthorize(f *testing.F) {
+	f.Add(csrPEM(f, ecKey, &x509.CertificateRequest{URIs: uris(caller)}), int64(3600), []byte(`{"CertSigner":""}`))
+	f.Add(csrPEM(f, ecKey, &x509.CertificateRequest{DNSNames: []string{"x"}}), int64(-1), []byte(`{"ImpersonatedIdentity":"x"}`))
+	f.Add("-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n", int64(0), []byte(`{}`))
+	p := newPolicy(f, nil)
+	id := identity()
+	f.Fuzz(func(t *testing.T, csr string, validity int64, mdJSON []byte) {
+		md := &structpb.Struct{}
+		if md.UnmarshalJSON(mdJSON) != nil {
+			md = nil
+		}
+		d, err := p.Authorize(id, Request{CSRPEM: csr, ValiditySeconds: validity, Metadata: md})
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrDenied) {
+				t.Fatalf("error of unknown kind: %v", err)
+			}
+			return
+		}
+		// Whatever got through must name exactly the caller and nothing else.
+		if len(d.Template.URIs) != 1 || d.Template.URIs[0].String() != caller || d.Template.IsCA ||
+			len(d.Template.DNSNames) != 0 || d.Template.NotAfter.Sub(d.Template.NotBefore) > 24*time.Hour+time.Minute {
+			t.Fatalf("approved template exceeds policy: %+v", d.Template)
+		}
+	})
+}

@@ -1,0 +1,162 @@
+// Package server is the broker's Istio certificate endpoint: it implements
+// istio.v1.auth.IstioCertificateService/CreateCertificate, and its issue
+// path reads top to bottom: authenticate, authorize, sign, verify, respond.
+// It is also the one place where errors become gRPC status codes.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/policy"
+	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
+	"github.com/meshca/broker/trust"
+	"github.com/meshca/broker/verify"
+)
+
+// Config wires the server's parts.
+type Config struct {
+	Authenticator authn.Authenticator
+	Policy        *policy.Policy
+	Signer        backends.Signer
+	Anchors       *trust.Anchors
+	// SignTimeout bounds one backend signing call, retries included.
+	SignTimeout time.Duration
+	Logger      *slog.Logger
+	Metrics     *Metrics
+}
+
+// Server implements IstioCertificateService.
+type Server struct {
+	authv1.UnimplementedIstioCertificateServiceServer
+	cfg Config
+}
+
+// New returns a server; every part of cfg but Logger and Metrics is required.
+func New(cfg Config) (*Server, error) {
+	if cfg.Authenticator == nil || cfg.Policy == nil || cfg.Signer == nil || cfg.Anchors == nil {
+		return nil, errors.New("server: authenticator, policy, signer and anchors are all required")
+	}
+	if cfg.SignTimeout <= 0 {
+		cfg.SignTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	return &Server{cfg: cfg}, nil
+}
+
+// CreateCertificate issues a workload certificate.
+func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertificateRequest) (*authv1.IstioCertificateResponse, error) {
+	a := s.newAudit(ctx)
+
+	// 1. Authenticate: who is calling?
+	id, err := s.cfg.Authenticator.Authenticate(ctx, callerOf(ctx))
+	if err != nil {
+		return nil, a.refuse(authnStatus(err))
+	}
+	a.identity(id)
+
+	// 2. Authorize: what may the certificate say?
+	decision, err := s.cfg.Policy.Authorize(id, policy.Request{
+		CSRPEM:          req.GetCsr(),
+		ValiditySeconds: req.GetValidityDuration(),
+		Metadata:        req.GetMetadata(),
+	})
+	if err != nil {
+		return nil, a.refuse(policyStatus(err))
+	}
+	a.decision(decision)
+
+	// 3. Sign: the backend issues it.
+	signReq := &backends.Request{CSR: decision.CSR, Template: decision.Template}
+	signCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
+	issued, err := s.cfg.Signer.Sign(signCtx, signReq)
+	cancel()
+	a.signed(err)
+	if err != nil {
+		return nil, a.refuse(backendStatus(ctx, err))
+	}
+
+	// 4. Verify: nothing the policy did not approve leaves the broker.
+	anchors, err := s.cfg.Anchors.Get(ctx)
+	if err != nil {
+		return nil, a.refuse(status.Error(codes.Unavailable, err.Error()))
+	}
+	chain, err := verify.Chain(signReq, issued, anchors, time.Now())
+	if err != nil {
+		a.log.Error("backend returned a certificate that failed verification; nothing was returned", "error", err)
+		return nil, a.refuse(status.Error(codes.Internal, "the certificate authority returned a certificate that failed the broker's verification; nothing was issued"))
+	}
+
+	// 5. Respond: leaf first, root last, one PEM certificate per entry.
+	a.issued(chain[0])
+	return &authv1.IstioCertificateResponse{CertChain: verify.PEM(chain)}, nil
+}
+
+// callerOf collects what the transport says about the caller.
+func callerOf(ctx context.Context) *authn.Request {
+	r := &authn.Request{}
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if scheme, tok, ok := strings.Cut(v, " "); ok && strings.EqualFold(scheme, "bearer") {
+			r.BearerToken = strings.TrimSpace(tok)
+			break
+		}
+	}
+	if v := md.Get("clusterid"); len(v) > 0 {
+		r.ClusterID = v[0]
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			r.PeerCertificates = ti.State.PeerCertificates
+		}
+	}
+	return r
+}
+
+func authnStatus(err error) error {
+	if errors.Is(err, authn.ErrUnavailable) {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return status.Error(codes.Unauthenticated, err.Error())
+}
+
+func policyStatus(err error) error {
+	if errors.Is(err, policy.ErrInvalid) {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return status.Error(codes.PermissionDenied, err.Error())
+}
+
+func backendStatus(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, backends.ErrThrottled):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, backends.ErrUnavailable):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, backends.ErrRefused):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case ctx.Err() != nil:
+		return status.FromContextError(ctx.Err()).Err()
+	case errors.Is(err, context.DeadlineExceeded):
+		// Our own sign timeout, not the caller's: the backend is too slow.
+		return status.Error(codes.Unavailable, fmt.Sprintf("certificate authority did not answer in time: %v", err))
+	}
+	return status.Error(codes.Internal, fmt.Sprintf("signing failed: %v", err))
+}
