@@ -104,8 +104,18 @@ func (c Chain) Authenticate(ctx context.Context, req *Request) (*Identity, error
 	if unavailable && !denied {
 		kind = ErrUnavailable
 	}
-	return nil, fmt.Errorf("%w: %s", kind, strings.Join(reasons, "; "))
+	return nil, &chainError{kind: kind, msg: strings.Join(reasons, "; ")}
 }
+
+// chainError carries the kind for errors.Is and, as its message, only the
+// authenticators' own reasons, which already say what failed.
+type chainError struct {
+	kind error
+	msg  string
+}
+
+func (e *chainError) Error() string { return e.msg }
+func (e *chainError) Unwrap() error { return e.kind }
 
 // WorkloadID builds the SPIFFE ID of a service account in a trust domain,
 // refusing namespace or service-account names that are not valid

@@ -1,0 +1,568 @@
+// Package jwks authenticates Istio agents by verifying their Kubernetes
+// service-account token locally, against the issuer's JSON Web Key Set,
+// without asking the API server.
+//
+// It serves clusters whose API server the broker cannot call for every
+// request (remote or air-gapped clusters, or to spare the API server).
+// The price: local verification sees only the token. A pod-bound token
+// stays valid here until it expires even after its pod is deleted, and a
+// deleted service account is not noticed; only TokenReview (package
+// authn/kube) can refuse those. Keep token lifetimes short when using it.
+package jwks
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
+
+	"github.com/meshca/broker/authn"
+)
+
+const (
+	// DefaultClusterID is Istio's default cluster name.
+	DefaultClusterID = "Kubernetes"
+	// DefaultAudience is the audience Istio agents request for their CA token.
+	DefaultAudience = "istio-ca"
+	// DefaultRefreshInterval is how old the key set may get before it is
+	// fetched again; Kubernetes rotates signing keys rarely and announces
+	// new ones before use, and unknown key ids trigger a fetch anyway.
+	DefaultRefreshInterval = 5 * time.Minute
+	// DefaultMinRefreshInterval limits fetches caused by tokens with
+	// unknown key ids, so garbage tokens cannot make the broker hammer the
+	// issuer.
+	DefaultMinRefreshInterval = 10 * time.Second
+	// DefaultLeeway absorbs clock skew between the issuer and the broker.
+	DefaultLeeway = 30 * time.Second
+	// DefaultFetchTimeout bounds one key-set fetch.
+	DefaultFetchTimeout = 10 * time.Second
+
+	maxTokenBytes = 64 << 10
+	maxJWKSBytes  = 1 << 20
+)
+
+// DefaultAlgorithms are the signature algorithms Kubernetes signs
+// service-account tokens with (RSA and ECDSA keys; PS* for external
+// signers). HMAC and "none" are never accepted.
+var DefaultAlgorithms = []jose.SignatureAlgorithm{
+	jose.RS256, jose.RS384, jose.RS512,
+	jose.PS256, jose.PS384, jose.PS512,
+	jose.ES256, jose.ES384, jose.ES512,
+}
+
+// Config configures an Authenticator. Exactly one of File and URL names
+// the key set.
+type Config struct {
+	// ClusterID is the cluster whose tokens this authenticator verifies;
+	// requests naming another cluster are refused. Default DefaultClusterID.
+	ClusterID string
+	// Issuer must equal the token's iss (the API server's
+	// --service-account-issuer). Required.
+	Issuer string
+	// Audiences: the token's aud must contain one of them. Default
+	// [DefaultAudience].
+	Audiences []string
+	// TrustDomain is the trust domain of the identities issued. Required.
+	TrustDomain spiffeid.TrustDomain
+
+	// File is a JWKS document, or PEM public keys (the API server's
+	// --service-account-key-file), re-read on every refresh so a rotated
+	// file is picked up.
+	File string
+	// URL is where the JWKS is fetched, e.g.
+	// https://<apiserver>/openid/v1/jwks.
+	URL string
+	// CAFile / CAPEM verify URL's TLS certificate (default: system roots).
+	CAFile string
+	CAPEM  []byte
+	// BearerTokenFile (re-read on every fetch, for rotating projected
+	// tokens) or BearerToken authenticate the fetch; the API server's
+	// JWKS endpoint needs one unless anonymous discovery is enabled.
+	BearerTokenFile string
+	BearerToken     string
+	// HTTPClient, if set, is used for URL as is (CA and bearer token
+	// fields are then ignored), e.g. rest.HTTPClientFor(kubeconfig).
+	HTTPClient *http.Client
+
+	// Algorithms allowed in the token header. Default DefaultAlgorithms.
+	Algorithms []jose.SignatureAlgorithm
+	// Leeway for exp, nbf and iat. Default DefaultLeeway.
+	Leeway time.Duration
+	// RefreshInterval, MinRefreshInterval, FetchTimeout: see the defaults.
+	RefreshInterval    time.Duration
+	MinRefreshInterval time.Duration
+	FetchTimeout       time.Duration
+
+	// Now is the clock (tests); default time.Now.
+	Now func() time.Time
+}
+
+// Authenticator implements authn.Authenticator by local JWT verification.
+type Authenticator struct {
+	cfg     Config
+	fetch   func(ctx context.Context) ([]byte, error)
+	limiter *rate.Limiter
+
+	// fetchMu serialises fetches so a burst of requests with an unknown
+	// kid causes one fetch, not one each.
+	fetchMu sync.Mutex
+
+	mu        sync.RWMutex
+	keys      []jose.JSONWebKey
+	fetchedAt time.Time
+	gen       uint64
+	lastErr   error
+}
+
+var _ authn.Authenticator = (*Authenticator)(nil)
+
+// New validates cfg and prepares the key source. Keys are fetched on first
+// use (or by Run); New does no I/O so the broker can start while the
+// issuer is unreachable.
+func New(cfg Config) (*Authenticator, error) {
+	if cfg.Issuer == "" {
+		return nil, errors.New("jwks authenticator: issuer is required")
+	}
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("jwks authenticator: trust domain is required")
+	}
+	if (cfg.File == "") == (cfg.URL == "") {
+		return nil, errors.New("jwks authenticator: set exactly one of file and url")
+	}
+	if cfg.ClusterID == "" {
+		cfg.ClusterID = DefaultClusterID
+	}
+	cfg.Audiences = slices.Clone(cfg.Audiences)
+	if len(cfg.Audiences) == 0 {
+		cfg.Audiences = []string{DefaultAudience}
+	}
+	if slices.Contains(cfg.Audiences, "") {
+		return nil, errors.New("jwks authenticator: empty audience")
+	}
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = DefaultAlgorithms
+	}
+	for _, alg := range cfg.Algorithms {
+		if !slices.Contains(DefaultAlgorithms, alg) {
+			return nil, fmt.Errorf("jwks authenticator: algorithm %s is not allowed (only asymmetric signatures)", alg)
+		}
+	}
+	if cfg.Leeway <= 0 {
+		cfg.Leeway = DefaultLeeway
+	}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = DefaultRefreshInterval
+	}
+	if cfg.MinRefreshInterval <= 0 {
+		cfg.MinRefreshInterval = DefaultMinRefreshInterval
+	}
+	if cfg.FetchTimeout <= 0 {
+		cfg.FetchTimeout = DefaultFetchTimeout
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	a := &Authenticator{cfg: cfg, limiter: rate.NewLimiter(rate.Every(cfg.MinRefreshInterval), 1)}
+	if cfg.File != "" {
+		path := cfg.File
+		a.fetch = func(context.Context) ([]byte, error) { return os.ReadFile(path) }
+	} else {
+		f, err := newHTTPFetcher(cfg)
+		if err != nil {
+			return nil, err
+		}
+		a.fetch = f
+	}
+	return a, nil
+}
+
+func newHTTPFetcher(cfg Config) (func(ctx context.Context) ([]byte, error), error) {
+	client := cfg.HTTPClient
+	if client == nil {
+		tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		caPEM := cfg.CAPEM
+		if cfg.CAFile != "" {
+			b, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("jwks authenticator: CA bundle: %w", err)
+			}
+			caPEM = append(slices.Clone(caPEM), b...)
+		}
+		if len(caPEM) > 0 {
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(caPEM) {
+				return nil, errors.New("jwks authenticator: CA bundle holds no PEM certificate")
+			}
+			tlsCfg.RootCAs = pool
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tlsCfg
+		client = &http.Client{Transport: tr}
+	}
+	url, tokenFile, staticToken := cfg.URL, cfg.BearerTokenFile, cfg.BearerToken
+	useToken := cfg.HTTPClient == nil
+	return func(ctx context.Context) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Accept", "application/jwk-set+json, application/json")
+		if useToken {
+			tok := staticToken
+			if tokenFile != "" {
+				b, err := os.ReadFile(tokenFile)
+				if err != nil {
+					return nil, fmt.Errorf("bearer token: %w", err)
+				}
+				tok = strings.TrimSpace(string(b))
+			}
+			if tok != "" {
+				req.Header.Set("Authorization", "Bearer "+tok)
+			}
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			snippet := string(body)
+			if len(snippet) > 200 {
+				snippet = snippet[:200]
+			}
+			return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(snippet))
+		}
+		if len(body) > maxJWKSBytes {
+			return nil, fmt.Errorf("GET %s: key set larger than %d bytes", url, maxJWKSBytes)
+		}
+		return body, nil
+	}, nil
+}
+
+// Name implements authn.Authenticator.
+func (a *Authenticator) Name() string { return "jwks" }
+
+// Run refreshes the key set every RefreshInterval until ctx ends, so
+// requests rarely wait for a fetch. Optional: without it keys are fetched
+// on demand.
+func (a *Authenticator) Run(ctx context.Context) {
+	t := time.NewTicker(a.cfg.RefreshInterval)
+	defer t.Stop()
+	for {
+		_ = a.Refresh(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Refresh fetches the key set now. On failure the previous keys stay in
+// use.
+func (a *Authenticator) Refresh(ctx context.Context) error {
+	a.mu.RLock()
+	gen := a.gen
+	a.mu.RUnlock()
+	return a.refresh(ctx, gen)
+}
+
+// refresh fetches unless another caller already did since generation
+// seen.
+func (a *Authenticator) refresh(ctx context.Context, seen uint64) error {
+	a.fetchMu.Lock()
+	defer a.fetchMu.Unlock()
+	a.mu.RLock()
+	done, lastErr := a.gen != seen, a.lastErr
+	a.mu.RUnlock()
+	if done {
+		return lastErr
+	}
+	fctx, cancel := context.WithTimeout(ctx, a.cfg.FetchTimeout)
+	defer cancel()
+	raw, err := a.fetch(fctx)
+	var keys []jose.JSONWebKey
+	if err == nil {
+		keys, err = parseKeys(raw)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gen++
+	if err != nil {
+		a.lastErr = fmt.Errorf("key set from %s: %w", a.source(), err)
+		return a.lastErr
+	}
+	a.keys, a.fetchedAt, a.lastErr = keys, a.cfg.Now(), nil
+	return nil
+}
+
+func (a *Authenticator) source() string {
+	if a.cfg.File != "" {
+		return a.cfg.File
+	}
+	return a.cfg.URL
+}
+
+// parseKeys reads a JWKS document or PEM public keys, keeping only public
+// signature keys: a symmetric or private key in the set must never become
+// a verification key.
+func parseKeys(raw []byte) ([]jose.JSONWebKey, error) {
+	var keys []jose.JSONWebKey
+	if trimmed := strings.TrimSpace(string(raw)); strings.HasPrefix(trimmed, "-----BEGIN") {
+		rest := []byte(trimmed)
+		for {
+			var block *pem.Block
+			block, rest = pem.Decode(rest)
+			if block == nil {
+				break
+			}
+			k, err := pemPublicKey(block)
+			if err != nil {
+				return nil, err
+			}
+			if k == nil {
+				continue
+			}
+			kid, err := kubernetesKeyID(k)
+			if err != nil {
+				return nil, err
+			}
+			keys = append(keys, jose.JSONWebKey{Key: k, KeyID: kid, Use: "sig"})
+		}
+	} else {
+		var set jose.JSONWebKeySet
+		if err := json.Unmarshal(raw, &set); err != nil {
+			return nil, fmt.Errorf("not a JWKS document: %w", err)
+		}
+		for _, k := range set.Keys {
+			if k.Use != "" && k.Use != "sig" {
+				continue
+			}
+			switch k.Key.(type) {
+			case *rsa.PublicKey, *ecdsa.PublicKey:
+				keys = append(keys, k)
+			}
+		}
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("no RSA or ECDSA public signing key found")
+	}
+	return keys, nil
+}
+
+func pemPublicKey(block *pem.Block) (crypto.PublicKey, error) {
+	switch block.Type {
+	case "PUBLIC KEY":
+		return x509.ParsePKIXPublicKey(block.Bytes)
+	case "RSA PUBLIC KEY":
+		return x509.ParsePKCS1PublicKey(block.Bytes)
+	case "CERTIFICATE":
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		return c.PublicKey, nil
+	}
+	// Private keys and anything else are skipped rather than trusted.
+	return nil, nil
+}
+
+// kubernetesKeyID computes the kid the API server puts in tokens signed by
+// this key (unpadded base64url SHA-256 of the PKIX DER), so PEM key files
+// match tokens by kid like a JWKS does.
+func kubernetesKeyID(k crypto.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(k)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(der)
+	return base64.RawURLEncoding.EncodeToString(sum[:]), nil
+}
+
+// kubeClaims is the private "kubernetes.io" claim of service-account tokens.
+type kubeClaims struct {
+	Namespace      string           `json:"namespace"`
+	ServiceAccount *objRef          `json:"serviceaccount"`
+	Pod            *objRef          `json:"pod"`
+	Node           *objRef          `json:"node"`
+	WarnAfter      *jwt.NumericDate `json:"warnafter"`
+}
+
+type objRef struct {
+	Name string `json:"name"`
+	UID  string `json:"uid"`
+}
+
+// Authenticate implements authn.Authenticator.
+func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*authn.Identity, error) {
+	if req == nil || req.BearerToken == "" {
+		return nil, fmt.Errorf("%w: no bearer token", authn.ErrNoCredential)
+	}
+	if req.ClusterID != "" && req.ClusterID != a.cfg.ClusterID {
+		return nil, fmt.Errorf("%w: jwt: unknown cluster %q (this authenticator verifies tokens of cluster %q)", authn.ErrDenied, req.ClusterID, a.cfg.ClusterID)
+	}
+	if len(req.BearerToken) > maxTokenBytes {
+		return nil, fmt.Errorf("%w: jwt: bearer token is %d bytes, more than a service-account token can be", authn.ErrDenied, len(req.BearerToken))
+	}
+	tok, err := jwt.ParseSigned(req.BearerToken, a.cfg.Algorithms)
+	if err != nil {
+		return nil, fmt.Errorf("%w: jwt: not a compact JWS signed with an allowed algorithm: %v", authn.ErrDenied, err)
+	}
+	if len(tok.Headers) != 1 {
+		return nil, fmt.Errorf("%w: jwt: expected one signature, got %d", authn.ErrDenied, len(tok.Headers))
+	}
+	hdr := tok.Headers[0]
+
+	var std jwt.Claims
+	var priv struct {
+		Kubernetes *kubeClaims `json:"kubernetes.io"`
+	}
+	if err := a.verify(ctx, tok, hdr, &std, &priv); err != nil {
+		return nil, err
+	}
+
+	if err := std.ValidateWithLeeway(jwt.Expected{
+		Issuer:      a.cfg.Issuer,
+		AnyAudience: a.cfg.Audiences,
+		Time:        a.cfg.Now(),
+	}, a.cfg.Leeway); err != nil {
+		return nil, fmt.Errorf("%w: jwt: %s", authn.ErrDenied, describe(err, &std, a.cfg))
+	}
+	// A token without expiry (the legacy secret-based kind) would be good
+	// forever if stolen; Istio's third-party tokens always expire.
+	if std.Expiry == nil {
+		return nil, fmt.Errorf("%w: jwt: token has no expiry (legacy service-account token?)", authn.ErrDenied)
+	}
+
+	ns, sa, err := authn.ParseServiceAccountUsername(std.Subject)
+	if err != nil {
+		return nil, fmt.Errorf("jwt: %w", err)
+	}
+	subject := std.Subject
+	if k := priv.Kubernetes; k != nil {
+		// The API server writes both; disagreement means the token was
+		// not minted by it, whatever its signature says.
+		if k.Namespace != ns || k.ServiceAccount == nil || k.ServiceAccount.Name != sa {
+			saName := ""
+			if k.ServiceAccount != nil {
+				saName = k.ServiceAccount.Name
+			}
+			return nil, fmt.Errorf("%w: jwt: kubernetes.io claim names %s/%s but sub is %q", authn.ErrDenied, k.Namespace, saName, std.Subject)
+		}
+		if k.Pod != nil && k.Pod.Name != "" {
+			subject += " pod=" + k.Pod.Name
+		}
+	}
+	id, err := authn.WorkloadID(a.cfg.TrustDomain, ns, sa)
+	if err != nil {
+		return nil, fmt.Errorf("jwt: %w", err)
+	}
+	return &authn.Identity{
+		ID:             id,
+		Namespace:      ns,
+		ServiceAccount: sa,
+		Cluster:        a.cfg.ClusterID,
+		Subject:        subject,
+	}, nil
+}
+
+// verify checks the signature, fetching the key set when it is missing,
+// stale, or lacks the token's kid.
+func (a *Authenticator) verify(ctx context.Context, tok *jwt.JSONWebToken, hdr jose.Header, dest ...any) error {
+	a.mu.RLock()
+	keys, fetchedAt, gen, lastErr := a.keys, a.fetchedAt, a.gen, a.lastErr
+	a.mu.RUnlock()
+
+	stale := keys == nil || a.cfg.Now().Sub(fetchedAt) > a.cfg.RefreshInterval
+	if stale || !hasKID(keys, hdr.KeyID) {
+		// Rate-limited so a flood of tokens with made-up kids costs one
+		// fetch per MinRefreshInterval; when the limit is hit the
+		// current keys decide.
+		if a.limiter.Allow() {
+			lastErr = a.refresh(ctx, gen)
+			a.mu.RLock()
+			keys = a.keys
+			a.mu.RUnlock()
+		}
+	}
+	if keys == nil {
+		if lastErr == nil {
+			lastErr = errors.New("not fetched yet")
+		}
+		return fmt.Errorf("%w: jwt: no verification keys: %v", authn.ErrUnavailable, lastErr)
+	}
+
+	candidates := keys
+	if hdr.KeyID != "" {
+		candidates = nil
+		for _, k := range keys {
+			if k.KeyID == hdr.KeyID {
+				candidates = append(candidates, k)
+			}
+		}
+		if len(candidates) == 0 {
+			return fmt.Errorf("%w: jwt: signing key %q is not in the key set of %s", authn.ErrDenied, hdr.KeyID, a.cfg.Issuer)
+		}
+	}
+	var err error
+	for _, k := range candidates {
+		if err = tok.Claims(k.Key, dest...); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: jwt: signature not valid for any key of %s: %v", authn.ErrDenied, a.cfg.Issuer, err)
+}
+
+func hasKID(keys []jose.JSONWebKey, kid string) bool {
+	if kid == "" {
+		return len(keys) > 0
+	}
+	for _, k := range keys {
+		if k.KeyID == kid {
+			return true
+		}
+	}
+	return false
+}
+
+// describe turns a claim validation error into a message that says what
+// was expected, without echoing the token.
+func describe(err error, c *jwt.Claims, cfg Config) string {
+	switch {
+	case errors.Is(err, jwt.ErrInvalidIssuer):
+		return fmt.Sprintf("issuer %q, want %q", c.Issuer, cfg.Issuer)
+	case errors.Is(err, jwt.ErrInvalidAudience):
+		return fmt.Sprintf("token audiences %q do not include any of %q", []string(c.Audience), cfg.Audiences)
+	case errors.Is(err, jwt.ErrExpired):
+		return fmt.Sprintf("token expired at %s", c.Expiry.Time().UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrNotValidYet):
+		return fmt.Sprintf("token not valid before %s", c.NotBefore.Time().UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrIssuedInTheFuture):
+		return fmt.Sprintf("token issued in the future (%s)", c.IssuedAt.Time().UTC().Format(time.RFC3339))
+	}
+	return err.Error()
+}

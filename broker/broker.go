@@ -1,0 +1,274 @@
+// Package broker assembles a running broker from its configuration: the
+// backend, trust anchors, authenticators, policy, the serving certificate,
+// the gRPC server and the metrics and health endpoints.
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/authn/jwks"
+	"github.com/meshca/broker/authn/kube"
+	"github.com/meshca/broker/authn/mtls"
+	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/config"
+	"github.com/meshca/broker/policy"
+	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
+	"github.com/meshca/broker/server"
+	"github.com/meshca/broker/servingcert"
+	"github.com/meshca/broker/trust"
+
+	// Every backend registers itself.
+	_ "github.com/meshca/broker/backends/all"
+)
+
+// Options are what tests and embedders set beyond the configuration file.
+type Options struct {
+	// Listener, if set, is used instead of cfg.Listen.
+	Listener net.Listener
+	// Logger (default: from cfg.Log).
+	Logger *slog.Logger
+	// ExtraAuthenticators run after the configured ones.
+	ExtraAuthenticators []authn.Authenticator
+}
+
+// Broker is a running broker.
+type Broker struct {
+	Signer  backends.Signer
+	Anchors *trust.Anchors
+	Log     *slog.Logger
+
+	grpc     *grpc.Server
+	lis      net.Listener
+	metrics  *http.Server
+	metLis   net.Listener
+	rotator  *servingcert.Rotator
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	serveErr chan error
+}
+
+// Start builds everything from cfg (which must have defaults applied and
+// be valid) and starts serving. It returns once the broker accepts
+// requests.
+func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, error) {
+	log := opts.Logger
+	if log == nil {
+		log = NewLogger(cfg.Log)
+	}
+	signer, err := backends.New(ctx, cfg.Backend.Type, backends.Options{Config: cfg.Backend.Settings, DataDir: cfg.DataDir, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	anchors := trust.NewAnchors(signer.TrustAnchors, cfg.TrustAnchorsRefresh.Duration, log)
+	if _, err := anchors.Get(ctx); err != nil {
+		return nil, err
+	}
+	pol, err := policy.New(cfg.PolicyConfig())
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	authenticator, err := authenticators(ctx, cfg, anchors, opts.ExtraAuthenticators)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := server.New(server.Config{
+		Authenticator: authenticator,
+		Policy:        pol,
+		Signer:        signer,
+		Anchors:       anchors,
+		SignTimeout:   cfg.SignTimeout.Duration,
+		Logger:        log,
+		Metrics:       server.NewMetrics(reg),
+	})
+	if err != nil {
+		return nil, err
+	}
+	rot, err := servingcert.New(servingcert.Config{DNSNames: cfg.TLS.DNSNames, TTL: cfg.TLS.TTL.Duration}, signer, anchors, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := rot.Issue(ctx); err != nil {
+		return nil, fmt.Errorf("issuing the broker's serving certificate: %w", err)
+	}
+	tlsCfg := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: rot.GetCertificate,
+		// Client certificates are verified by the mtls authenticator
+		// against the current anchors; the handshake only collects them.
+		ClientAuth: tls.RequestClientCert,
+		NextProtos: []string{"h2"},
+	}
+	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.MaxRecvMsgSize(64<<10),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	authv1.RegisterIstioCertificateServiceServer(gs, srv)
+
+	lis := opts.Listener
+	if lis == nil {
+		if lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	b := &Broker{Signer: signer, Anchors: anchors, Log: log, grpc: gs, lis: lis, rotator: rot, cancel: cancel, serveErr: make(chan error, 2)}
+	if cfg.MetricsListen != "off" {
+		if b.metLis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			cancel()
+			lis.Close()
+			return nil, fmt.Errorf("metricsListen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+			if rot.Current() == nil {
+				http.Error(w, "no serving certificate", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		})
+		b.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		b.goServe(func() error { return b.metrics.Serve(b.metLis) })
+	}
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); rot.Run(runCtx) }()
+	b.goServe(func() error { return gs.Serve(lis) })
+	log.Info("broker serving", "addr", lis.Addr().String(), "backend", cfg.Backend.Type, "trustDomain", cfg.TrustDomain, "clusterID", cfg.ClusterID)
+	return b, nil
+}
+
+func (b *Broker) goServe(f func() error) {
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+			b.serveErr <- err
+		}
+	}()
+}
+
+// Addr is the gRPC listen address.
+func (b *Broker) Addr() string { return b.lis.Addr().String() }
+
+// MetricsAddr is the metrics/health listen address ("" when off).
+func (b *Broker) MetricsAddr() string {
+	if b.metLis == nil {
+		return ""
+	}
+	return b.metLis.Addr().String()
+}
+
+// RootsPEM is the trust bundle a mesh needs (Istio's root-cert.pem).
+func (b *Broker) RootsPEM(ctx context.Context) ([]byte, error) {
+	certs, err := b.Anchors.Get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out, nil
+}
+
+// ServingCertificate is the current TLS certificate, for tests.
+func (b *Broker) ServingCertificate() *x509.Certificate { return b.rotator.Current().Leaf }
+
+// Wait blocks until ctx ends or a server fails.
+func (b *Broker) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-b.serveErr:
+		return err
+	}
+}
+
+// Stop drains in-flight requests (bounded by ctx) and stops everything.
+func (b *Broker) Stop(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { b.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		b.grpc.Stop()
+	}
+	if b.metrics != nil {
+		_ = b.metrics.Shutdown(ctx)
+	}
+	b.cancel()
+	b.wg.Wait()
+}
+
+func authenticators(ctx context.Context, cfg *config.Config, anchors *trust.Anchors, extra []authn.Authenticator) (authn.Authenticator, error) {
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	var chain authn.Chain
+	if *cfg.Authn.ClientCertificates {
+		aliases := make([]spiffeid.TrustDomain, 0, len(cfg.TrustDomainAliases))
+		for _, a := range cfg.TrustDomainAliases {
+			aliases = append(aliases, spiffeid.RequireTrustDomainFromString(a))
+		}
+		m, err := mtls.New(mtls.Config{Anchors: anchors.Get, TrustDomain: td, Aliases: aliases})
+		if err != nil {
+			return nil, fmt.Errorf("authn.clientCertificates: %w", err)
+		}
+		chain = append(chain, m)
+	}
+	if *cfg.Authn.Kubernetes.Enabled {
+		k, err := kube.New(kube.Config{
+			ClusterID:   cfg.ClusterID,
+			Kubeconfig:  cfg.Authn.Kubernetes.Kubeconfig,
+			Audiences:   cfg.Authn.Kubernetes.Audiences,
+			TrustDomain: td,
+			Timeout:     cfg.Authn.Kubernetes.Timeout.Duration,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("authn.kubernetes: %w", err)
+		}
+		chain = append(chain, k)
+	}
+	for i, j := range cfg.Authn.JWKS {
+		a, err := jwks.New(jwks.Config{
+			Issuer:          j.Issuer,
+			File:            j.File,
+			URL:             j.URL,
+			CAFile:          j.CAFile,
+			BearerTokenFile: j.TokenFile,
+			Audiences:       j.Audiences,
+			ClusterID:       j.ClusterID,
+			TrustDomain:     td,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("authn.jwks[%d]: %w", i, err)
+		}
+		chain = append(chain, a)
+	}
+	chain = append(chain, extra...)
+	if len(chain) == 0 {
+		return nil, errors.New("authn: no authenticator configured")
+	}
+	return chain, nil
+}

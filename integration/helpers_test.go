@@ -1,0 +1,93 @@
+package integration
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/meshca/broker/broker"
+	"github.com/meshca/broker/caclient"
+	"github.com/meshca/broker/config"
+	"github.com/meshca/broker/integration/testenv"
+)
+
+// startBroker runs a broker on 127.0.0.1 with cfg's defaults applied; kube,
+// if not nil, is the local cluster whose API server reviews tokens.
+func startBroker(t testing.TB, kube *testenv.Kube, mod func(*config.Config)) *broker.Broker {
+	t.Helper()
+	off := false
+	cfg := &config.Config{
+		Listen:        "127.0.0.1:0",
+		MetricsListen: "127.0.0.1:0",
+		DataDir:       t.TempDir(),
+	}
+	if kube != nil {
+		cfg.Authn.Kubernetes.Kubeconfig = kube.Kubeconfig
+	} else {
+		cfg.Authn.Kubernetes.Enabled = &off
+	}
+	if mod != nil {
+		mod(cfg)
+	}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logOut io.Writer = io.Discard
+	if os.Getenv("MESHCA_TEST_LOG") != "" {
+		logOut = os.Stderr
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b, err := broker.Start(ctx, cfg, broker.Options{Listener: lis, Logger: slog.New(slog.NewTextHandler(logOut, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		b.Stop(ctx)
+	})
+	return b
+}
+
+func rootsPEM(t testing.TB, b *broker.Broker) []byte {
+	t.Helper()
+	p, err := b.RootsPEM(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func dial(t testing.TB, b *broker.Broker, clientCert *tls.Certificate) *caclient.Client {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(rootsPEM(t, b))
+	c, err := caclient.Dial(b.Addr(), pool, caclient.DefaultServerName, clientCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func backendSettings(t testing.TB, v any) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
