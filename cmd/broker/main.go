@@ -24,6 +24,13 @@ import (
 var version = "dev"
 
 func main() {
+	if err := newRoot().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "broker:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "broker",
 		Short:         "Mesh CA Broker: Istio's CA protocol in front of your enterprise PKI",
@@ -31,10 +38,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), demoCmd(), checkCmd(), versionCmd())
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "broker:", err)
-		os.Exit(1)
-	}
+	return root
 }
 
 func versionCmd() *cobra.Command {
