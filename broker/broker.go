@@ -86,7 +86,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	authenticator, err := authenticators(ctx, cfg, anchors, opts.ExtraAuthenticators)
+	authenticator, err := authenticators(cfg, anchors, opts.ExtraAuthenticators)
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +155,13 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	}
 	b.wg.Add(1)
 	go func() { defer b.wg.Done(); rot.Run(runCtx) }()
+	// Authenticators with background work (JWKS refresh) run until Stop.
+	for _, a := range authenticator {
+		if r, ok := a.(interface{ Run(context.Context) }); ok {
+			b.wg.Add(1)
+			go func() { defer b.wg.Done(); r.Run(runCtx) }()
+		}
+	}
 	b.goServe(func() error { return gs.Serve(lis) })
 	log.Info("broker serving", "addr", lis.Addr().String(), "backend", cfg.Backend.Type, "trustDomain", cfg.TrustDomain, "clusterID", cfg.ClusterID)
 	return b, nil
@@ -223,7 +230,7 @@ func (b *Broker) Stop(ctx context.Context) {
 	b.wg.Wait()
 }
 
-func authenticators(ctx context.Context, cfg *config.Config, anchors *trust.Anchors, extra []authn.Authenticator) (authn.Authenticator, error) {
+func authenticators(cfg *config.Config, anchors *trust.Anchors, extra []authn.Authenticator) (authn.Chain, error) {
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	var chain authn.Chain
 	if *cfg.Authn.ClientCertificates {

@@ -50,7 +50,9 @@ const (
 	DefaultRefreshInterval = 5 * time.Minute
 	// DefaultMinRefreshInterval limits fetches caused by tokens with
 	// unknown key ids, so garbage tokens cannot make the broker hammer the
-	// issuer.
+	// issuer. Within it an unknown kid is refused from the cached set, so
+	// publish a new key in the JWKS before signing with it (the usual
+	// Kubernetes rotation) or expect refusals for up to this long.
 	DefaultMinRefreshInterval = 10 * time.Second
 	// DefaultLeeway absorbs clock skew between the issuer and the broker.
 	DefaultLeeway = 30 * time.Second
@@ -403,13 +405,12 @@ func kubernetesKeyID(k crypto.PublicKey) (string, error) {
 	return base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
-// kubeClaims is the private "kubernetes.io" claim of service-account tokens.
+// kubeClaims is the private "kubernetes.io" claim of service-account
+// tokens, as far as the broker reads it.
 type kubeClaims struct {
-	Namespace      string           `json:"namespace"`
-	ServiceAccount *objRef          `json:"serviceaccount"`
-	Pod            *objRef          `json:"pod"`
-	Node           *objRef          `json:"node"`
-	WarnAfter      *jwt.NumericDate `json:"warnafter"`
+	Namespace      string  `json:"namespace"`
+	ServiceAccount *objRef `json:"serviceaccount"`
+	Pod            *objRef `json:"pod"`
 }
 
 type objRef struct {
