@@ -29,6 +29,9 @@ type Anchors struct {
 	mu      sync.Mutex
 	certs   []*x509.Certificate
 	fetched time.Time
+	// nextTry holds off refreshes after a failure, so an outage of the
+	// backend does not turn every request into a slow failing call.
+	nextTry time.Time
 }
 
 // NewAnchors returns a cache that asks src again once refresh has passed.
@@ -43,7 +46,7 @@ func NewAnchors(src Source, refresh time.Duration, log *slog.Logger) *Anchors {
 func (a *Anchors) Get(ctx context.Context) ([]*x509.Certificate, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.certs != nil && time.Since(a.fetched) < a.refresh {
+	if a.certs != nil && (time.Since(a.fetched) < a.refresh || time.Now().Before(a.nextTry)) {
 		return a.certs, nil
 	}
 	certs, err := a.src(ctx)
@@ -53,8 +56,7 @@ func (a *Anchors) Get(ctx context.Context) ([]*x509.Certificate, error) {
 	if err != nil {
 		if a.certs != nil {
 			a.log.Warn("refreshing trust anchors failed; keeping the last good set", "error", err, "age", time.Since(a.fetched).Round(time.Second))
-			// Try again soon, but not on every request while the backend is down.
-			a.fetched = time.Now().Add(min(retryAfterFailure, a.refresh) - a.refresh)
+			a.nextTry = time.Now().Add(retryAfterFailure)
 			return a.certs, nil
 		}
 		return nil, fmt.Errorf("loading trust anchors: %w", err)
