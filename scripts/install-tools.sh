@@ -46,7 +46,7 @@ case "${1:-}" in
 	exit 0
 	;;
 -h | --help)
-	sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 	exit 0
 	;;
 esac

@@ -30,6 +30,9 @@
 // account or root-CA configmap by themselves, and pods stay Pending.
 // Several StartKube calls on one Etcd give independent clusters (own
 // --etcd-prefix, own signing key): each refuses the others' tokens.
+// kube-apiserver caches successful token authentications for 10 s (fixed,
+// no flag): a pod-bound token is refused by TokenReview up to ~10 s after
+// its pod is deleted (measured: 10.0 s), so revocation tests must poll.
 //
 // # Vault
 //

@@ -152,7 +152,8 @@ func StartPilotAgent(t testing.TB, o PilotAgentOptions) (*PilotAgent, error) {
 	// Create the namespace, its listener and the agent on one locked OS
 	// thread that is never unlocked: the thread dies with the goroutine, so
 	// the namespace change never leaks into the rest of the test process.
-	// The goroutine lives until the agent exits (Pdeathsig is per thread).
+	// The goroutine lives until the agent exits (Pdeathsig is per thread);
+	// no other server is forked from this thread (see spawn).
 	type result struct {
 		err   error
 		unsup bool
@@ -177,7 +178,7 @@ func StartPilotAgent(t testing.TB, o PilotAgentOptions) (*PilotAgent, error) {
 		if l6, err := net.Listen("tcp", fmt.Sprintf("[::1]:%d", o.CAPort)); err == nil {
 			a.ln = append(a.ln, l6)
 		}
-		if err := a.proc.start(); err != nil {
+		if err := a.proc.startHere(); err != nil {
 			for _, l := range a.ln {
 				l.Close()
 			}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -108,7 +109,44 @@ func newProcess(t testing.TB, name, bin string, args, env []string, dir string) 
 	return p
 }
 
-func (p *process) start() error {
+// The children get Pdeathsig=SIGKILL so no server outlives a killed test
+// binary. Linux sends it when the *thread* that forked the child exits, and
+// Go ends a thread whenever a goroutine exits while locked to it (as the
+// pilot-agent starter does) — so all servers are forked from one dedicated
+// thread that never exits.
+var (
+	spawnOnce sync.Once
+	spawnCh   chan spawnReq
+)
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func spawn(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnCh = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: this thread lives as long as the process
+			for r := range spawnCh {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	r := spawnReq{cmd: cmd, done: make(chan error, 1)}
+	spawnCh <- r
+	return <-r.done
+}
+
+// start starts the process from the spawner thread.
+func (p *process) start() error { return p.startWith(spawn) }
+
+// startHere starts the process from the calling goroutine's thread, which
+// must be locked and stay alive while the process runs.
+func (p *process) startHere() error { return p.startWith((*exec.Cmd).Start) }
+
+func (p *process) startWith(startCmd func(*exec.Cmd) error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cmd != nil {
@@ -130,7 +168,7 @@ func (p *process) start() error {
 	cmd.Stderr = logf
 	// Own process group (signals reach children too); killed if the test binary dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := startCmd(cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
@@ -206,8 +244,8 @@ func (p *process) stop() {
 		_ = syscall.Kill(pg, syscall.SIGKILL)
 		<-done
 	}
-	// Children left in the group (none expected) are not waited for.
-	_ = syscall.Kill(pg, syscall.SIGKILL)
+	// No group-wide kill after the leader is reaped: its PID (the group id)
+	// may already belong to someone else.
 }
 
 func (p *process) pause() error {
@@ -216,8 +254,41 @@ func (p *process) pause() error {
 	}
 	p.mu.Lock()
 	p.paused = true
+	pid := p.cmd.Process.Pid
 	p.mu.Unlock()
+	// SIGSTOP takes effect asynchronously, thread by thread: wait until every
+	// thread is stopped so no request slips through right after pause returns.
+	deadline := time.Now().Add(5 * time.Second)
+	for !allThreadsStopped(pid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not all threads stopped 5s after SIGSTOP", p.name)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 	return nil
+}
+
+// allThreadsStopped reports whether every thread of pid is in state T
+// (stopped), per /proc/<pid>/task/*/stat. Without /proc it reports true.
+func allThreadsStopped(pid int) bool {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		return true
+	}
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // thread gone
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) {
+			continue
+		}
+		if st := b[i+2]; st != 'T' && st != 't' {
+			return false
+		}
+	}
+	return true
 }
 
 func (p *process) resume() error {

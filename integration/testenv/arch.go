@@ -1,5 +1,0 @@
-package testenv
-
-import "runtime"
-
-func goarch() string { return runtime.GOARCH }
