@@ -106,9 +106,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, error) {
 
 	opts := []option.ClientOption{
 		// Reconnect quickly after an outage (gRPC's default backoff grows
-		// to two minutes, far beyond a workload's patience).
+		// to two minutes, far beyond a workload's patience); at most 1s
+		// apart, so a reconnect falls inside one RetryPolicy.
 		option.WithGRPCDialOption(grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: 5 * time.Second,
 		})),
 	}

@@ -2,9 +2,11 @@
 //
 // The binaries come from scripts/install-tools.sh, which builds or installs
 // them into $MESHCA_TOOLS/bin (default $HOME/.cache/meshca-tools/bin, see
-// ToolsDir). A test whose binary is missing is skipped with a hint to run
-// the script, unless MESHCA_INTEGRATION=1 is set: then it fails, so the full
-// suite never passes by skipping.
+// ToolsDir). Tests that need them run only when MESHCA_INTEGRATION is set,
+// so a plain `go test ./...` is a quick unit-test run. With
+// MESHCA_INTEGRATION=1 (scripts/test.sh) a missing binary fails the test, so
+// the full suite never passes by skipping; with any other value (e.g. auto)
+// it is skipped with a hint to run the script.
 //
 // Every server listens on 127.0.0.1 on a port the kernel hands out (retried
 // on a clash), logs to a file in t.TempDir() whose tail is printed when the
