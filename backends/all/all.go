@@ -6,4 +6,6 @@ import (
 	_ "github.com/meshca/broker/backends/awspca"
 	_ "github.com/meshca/broker/backends/gcpcas"
 	_ "github.com/meshca/broker/backends/localca"
+	_ "github.com/meshca/broker/backends/stepca"
+	_ "github.com/meshca/broker/backends/vault"
 )
