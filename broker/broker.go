@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -228,6 +229,13 @@ func (b *Broker) Stop(ctx context.Context) {
 	}
 	b.cancel()
 	b.wg.Wait()
+	// Backends with background work (Vault token renewal) or connections
+	// (Google CAS) release them.
+	if c, ok := b.Signer.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			b.Log.Warn("closing the backend", "error", err)
+		}
+	}
 }
 
 func authenticators(cfg *config.Config, anchors *trust.Anchors, extra []authn.Authenticator) (authn.Chain, error) {

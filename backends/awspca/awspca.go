@@ -25,10 +25,8 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -88,9 +86,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, error) {
 	}
 	s := &Signer{cfg: cfg, log: log.With("backend", Type, "ca", cfg.CAArn), alg: types.SigningAlgorithm(cfg.SigningAlgorithm)}
 	if cfg.TrustAnchorsFile != "" {
-		anchors, err := readAnchors(cfg.TrustAnchorsFile)
+		anchors, err := backends.ReadCertificates(cfg.TrustAnchorsFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("awspca: trustAnchorsFile: %w", err)
 		}
 		s.anchors = anchors
 	} else {
@@ -257,7 +255,7 @@ func parseIssued(out *acmpca.GetCertificateOutput) ([]*x509.Certificate, error) 
 	if out.CertificateChain != nil {
 		pemData += *out.CertificateChain
 	}
-	chain, err := parsePEMCerts([]byte(pemData))
+	chain, err := backends.ParseCertificates([]byte(pemData))
 	if err != nil {
 		return nil, fmt.Errorf("awspca: parsing the issued certificate: %w: %w", backends.ErrUnavailable, err)
 	}
@@ -445,7 +443,7 @@ func (s *Signer) TrustAnchors(ctx context.Context) ([]*x509.Certificate, error) 
 	// Certificate is the CA itself; CertificateChain its parents up to the
 	// root, absent for a root CA.
 	pemData := aws.ToString(out.Certificate) + "\n" + aws.ToString(out.CertificateChain)
-	certs, err := parsePEMCerts([]byte(pemData))
+	certs, err := backends.ParseCertificates([]byte(pemData))
 	if err != nil {
 		return nil, fmt.Errorf("awspca: parsing the CA certificate chain: %w: %w", backends.ErrUnavailable, err)
 	}
@@ -460,39 +458,4 @@ func (s *Signer) TrustAnchors(ctx context.Context) ([]*x509.Certificate, error) 
 	s.anchors = []*x509.Certificate{root}
 	s.anchorsFetched = time.Now()
 	return s.anchors, nil
-}
-
-func readAnchors(path string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("awspca: reading trustAnchorsFile: %w", err)
-	}
-	certs, err := parsePEMCerts(data)
-	if err != nil {
-		return nil, fmt.Errorf("awspca: trustAnchorsFile %s: %w", path, err)
-	}
-	return certs, nil
-}
-
-func parsePEMCerts(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no PEM certificate found")
-	}
-	return certs, nil
 }

@@ -28,7 +28,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -93,12 +92,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, error) {
 	}
 	s := &Signer{cfg: cfg, log: log.With("backend", Type, "caPool", cfg.parent())}
 	if cfg.TrustAnchorsFile != "" {
-		data, err := os.ReadFile(cfg.TrustAnchorsFile)
-		if err != nil {
-			return nil, fmt.Errorf("gcpcas: reading trustAnchorsFile: %w", err)
-		}
-		if s.anchors, err = parsePEMCerts(data); err != nil {
-			return nil, fmt.Errorf("gcpcas: trustAnchorsFile %s: %w", cfg.TrustAnchorsFile, err)
+		var err error
+		if s.anchors, err = backends.ReadCertificates(cfg.TrustAnchorsFile); err != nil {
+			return nil, fmt.Errorf("gcpcas: trustAnchorsFile: %w", err)
 		}
 	} else {
 		s.anchorsFromAPI = true
@@ -183,7 +179,7 @@ func (s *Signer) Sign(ctx context.Context, req *backends.Request) ([]*x509.Certi
 	for _, c := range cert.GetPemCertificateChain() {
 		pemData += "\n" + c
 	}
-	chain, err := parsePEMCerts([]byte(pemData))
+	chain, err := backends.ParseCertificates([]byte(pemData))
 	if err != nil {
 		return nil, fmt.Errorf("gcpcas: parsing certificate %s: %w: %w", cert.GetName(), backends.ErrUnavailable, err)
 	}
@@ -475,7 +471,7 @@ func (s *Signer) TrustAnchors(ctx context.Context) ([]*x509.Certificate, error) 
 			continue
 		}
 		// Each chain runs from a CA of the pool to its root.
-		parsed, err := parsePEMCerts([]byte(certs[len(certs)-1]))
+		parsed, err := backends.ParseCertificates([]byte(certs[len(certs)-1]))
 		if err != nil {
 			return nil, fmt.Errorf("gcpcas: parsing the pool's CA certificates: %w: %w", backends.ErrUnavailable, err)
 		}
@@ -498,27 +494,4 @@ func (s *Signer) TrustAnchors(ctx context.Context) ([]*x509.Certificate, error) 
 	}
 	s.anchors, s.anchorsFetched = roots, time.Now()
 	return s.anchors, nil
-}
-
-func parsePEMCerts(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no PEM certificate found")
-	}
-	return certs, nil
 }

@@ -109,17 +109,17 @@ func LoadCACerts(dir string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, err := parseCerts(certPEM)
+	certs, err := backends.ParseCertificates(certPEM)
 	if err != nil || len(certs) == 0 {
 		return nil, fmt.Errorf("local: %s: no certificate (%v)", FileCACert, err)
 	}
-	roots, err := parseCerts(rootPEM)
+	roots, err := backends.ParseCertificates(rootPEM)
 	if err != nil || len(roots) == 0 {
 		return nil, fmt.Errorf("local: %s: no certificate (%v)", FileRootCert, err)
 	}
 	chain := certs
 	if b, err := os.ReadFile(filepath.Join(dir, FileCertChain)); err == nil {
-		if chain, err = parseCerts(b); err != nil || len(chain) == 0 {
+		if chain, err = backends.ParseCertificates(b); err != nil || len(chain) == 0 {
 			return nil, fmt.Errorf("local: %s: no certificate (%v)", FileCertChain, err)
 		}
 		// Some installs leave ca-cert.pem out of cert-chain.pem.
@@ -142,7 +142,7 @@ func LoadOrCreate(dir string, cfg Config) (*CA, bool, error) {
 	certPEM, errC := os.ReadFile(certPath)
 	keyPEM, errK := os.ReadFile(keyPath)
 	if errC == nil && errK == nil {
-		certs, err := parseCerts(certPEM)
+		certs, err := backends.ParseCertificates(certPEM)
 		if err != nil || len(certs) != 1 {
 			return nil, false, fmt.Errorf("local: %s: want exactly one certificate (%v)", certPath, err)
 		}
@@ -274,25 +274,6 @@ func generateRoot(cfg Config) (crypto.Signer, *x509.Certificate, error) {
 	}
 	cert, err := x509.ParseCertificate(der)
 	return key, cert, err
-}
-
-func parseCerts(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			return out, nil
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
 }
 
 func parseKey(b []byte) (crypto.Signer, error) {

@@ -248,7 +248,7 @@ func signEventually(t *testing.T, s *Signer, req *backends.Request) {
 
 func mustParsePEM(t testing.TB, p []byte) *x509.Certificate {
 	t.Helper()
-	certs, err := parsePEMCerts(p)
+	certs, err := backends.ParseCertificates(p)
 	if err != nil || len(certs) == 0 {
 		t.Fatalf("parse PEM: %v", err)
 	}

@@ -69,7 +69,7 @@ func newSigner(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, erro
 	if err != nil {
 		return nil, fmt.Errorf("stepca: reading rootFile: %w", err)
 	}
-	if s.anchors, err = parsePEMCerts(rootPEM); err != nil || len(s.anchors) == 0 {
+	if s.anchors, err = backends.ParseCertificates(rootPEM); err != nil || len(s.anchors) == 0 {
 		return nil, fmt.Errorf("stepca: rootFile %s holds no usable certificates: %v", cfg.RootFile, err)
 	}
 	for _, c := range s.anchors {
@@ -273,7 +273,7 @@ func chainFromResponse(resp *api.SignResponse) ([]*x509.Certificate, error) {
 	if len(chain) == 0 {
 		return nil, errors.New("stepca: the CA's answer holds no certificate")
 	}
-	return dedupe(chain), nil
+	return backends.Dedupe(chain), nil
 }
 
 // TrustAnchors returns the roots from rootFile.

@@ -185,7 +185,7 @@ func TestChainFromResponseDedupes(t *testing.T) {
 	// repeats collapse and order is kept.
 	ca := selfSignedCert(t, "root")
 	leaf := selfSignedCert(t, "leaf")
-	got := dedupe([]*x509.Certificate{leaf, ca, leaf, ca})
+	got := backends.Dedupe([]*x509.Certificate{leaf, ca, leaf, ca})
 	if len(got) != 2 || got[0] != leaf || got[1] != ca {
 		t.Fatalf("dedupe = %v", got)
 	}

@@ -528,7 +528,7 @@ func csrWith(t testing.TB, uris []*url.URL, dns []string) *x509.CertificateReque
 
 func pemDER(t testing.TB, p []byte) []byte {
 	t.Helper()
-	certs, err := parsePEMCerts(p)
+	certs, err := backends.ParseCertificates(p)
 	if err != nil || len(certs) == 0 {
 		t.Fatalf("parse PEM: %v", err)
 	}

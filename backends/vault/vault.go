@@ -77,7 +77,7 @@ func newSigner(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, erro
 		if err != nil {
 			return nil, fmt.Errorf("vault: reading trustAnchorsFile: %w", err)
 		}
-		certs, err := parsePEMCerts(b)
+		certs, err := backends.ParseCertificates(b)
 		if err != nil || len(certs) == 0 {
 			return nil, fmt.Errorf("vault: trustAnchorsFile %s holds no usable certificates: %v", cfg.TrustAnchorsFile, err)
 		}
@@ -301,7 +301,7 @@ func chainFromSecret(sec *vaultapi.Secret) ([]*x509.Certificate, error) {
 		return nil, errors.New("empty answer")
 	}
 	leafPEM, _ := sec.Data["certificate"].(string)
-	chain, err := parsePEMCerts([]byte(leafPEM))
+	chain, err := backends.ParseCertificates([]byte(leafPEM))
 	if err != nil {
 		return nil, fmt.Errorf("certificate: %w", err)
 	}
@@ -319,13 +319,13 @@ func chainFromSecret(sec *vaultapi.Secret) ([]*x509.Certificate, error) {
 		caPEM = []string{p}
 	}
 	for _, p := range caPEM {
-		certs, err := parsePEMCerts([]byte(p))
+		certs, err := backends.ParseCertificates([]byte(p))
 		if err != nil {
 			return nil, fmt.Errorf("ca_chain: %w", err)
 		}
 		chain = append(chain, certs...)
 	}
-	return dedupe(chain), nil
+	return backends.Dedupe(chain), nil
 }
 
 // call runs fn with the current token, bounded by ctx and the configured
@@ -416,7 +416,7 @@ func (s *Signer) fetchAnchors(ctx context.Context) ([]*x509.Certificate, error) 
 			return nil, err
 		}
 	}
-	certs, err := parsePEMCerts(bundle)
+	certs, err := backends.ParseCertificates(bundle)
 	if err != nil {
 		return nil, fmt.Errorf("vault: %s: %w", what, err)
 	}

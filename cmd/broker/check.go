@@ -55,6 +55,9 @@ func runCheck(ctx context.Context, out io.Writer, cfg *config.Config, namespace,
 	if err != nil {
 		return err
 	}
+	if c, ok := signer.(io.Closer); ok {
+		defer c.Close()
+	}
 	anchors, err := signer.TrustAnchors(ctx)
 	if err != nil {
 		return fmt.Errorf("reading trust anchors: %w", err)
