@@ -275,4 +275,3 @@ func FuzzCreateCertificate(f *testing.F) {
 		}
 	})
 }
-

@@ -91,7 +91,9 @@ func TestChain(t *testing.T) {
 			return []*x509.Certificate{inter.issue(t, &c, otherKey.Public()), inter.cert}
 		}, []*x509.Certificate{root.cert}, 0, "public key"},
 		{"another identity", func(t *testing.T) []*x509.Certificate {
-			return []*x509.Certificate{with(func(c *x509.Certificate) { c.URIs = []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/shop/sa/admin"}} })(t), inter.cert}
+			return []*x509.Certificate{with(func(c *x509.Certificate) {
+				c.URIs = []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/shop/sa/admin"}}
+			})(t), inter.cert}
 		}, []*x509.Certificate{root.cert}, 0, "URI SANs"},
 		{"an extra DNS name", func(t *testing.T) []*x509.Certificate {
 			return []*x509.Certificate{with(func(c *x509.Certificate) { c.DNSNames = []string{"evil"} })(t), inter.cert}
