@@ -91,3 +91,12 @@ func backendSettings(t testing.TB, v any) json.RawMessage {
 	}
 	return b
 }
+
+// testenvRequired skips a test that runs real components unless the
+// integration suite was asked for, like testenv.Tool does.
+func testenvRequired(t testing.TB) {
+	t.Helper()
+	if os.Getenv("MESHCA_INTEGRATION") == "" {
+		t.Skip("integration test: set MESHCA_INTEGRATION=1 (scripts/test.sh does) or =auto")
+	}
+}
