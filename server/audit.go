@@ -34,6 +34,9 @@ func (s *Server) newAudit(ctx context.Context) *audit {
 }
 
 func (a *audit) identity(id *authn.Identity) {
+	if id.Method == "" {
+		id.Method = a.s.cfg.Authenticator.Name()
+	}
 	a.method = id.Method
 	a.log = a.log.With("identity", id.ID.String(), "authn", id.Method, "cluster", id.Cluster, "subject", id.Subject)
 }
@@ -56,12 +59,12 @@ func (a *audit) signed(err error) {
 // caller.
 func (a *audit) refuse(err error) error {
 	st := status.Convert(err)
-	a.log.Warn("certificate request refused", "code", st.Code().String(), "reason", st.Message(), "duration", time.Since(a.start))
+	a.log.Warn("certificate request refused", "code", st.Code().String(), "reason", st.Message(), "duration", time.Since(a.start).String())
 	a.s.cfg.Metrics.observe(a.method, st.Code().String(), time.Since(a.start))
 	return err
 }
 
 func (a *audit) issued(leaf *x509.Certificate) {
-	a.log.Info("certificate issued", "serial", fmt.Sprintf("%x", leaf.SerialNumber), "notAfter", leaf.NotAfter.UTC().Format(time.RFC3339), "duration", time.Since(a.start))
+	a.log.Info("certificate issued", "serial", fmt.Sprintf("%x", leaf.SerialNumber), "notAfter", leaf.NotAfter.UTC().Format(time.RFC3339), "duration", time.Since(a.start).String())
 	a.s.cfg.Metrics.observe(a.method, "OK", time.Since(a.start))
 }

@@ -275,3 +275,35 @@ func FuzzCreateCertificate(f *testing.F) {
 		}
 	})
 }
+
+// TestEveryOutcomeIsAuditedOnce: one log line per request, saying who
+// asked, what was decided and, for an issuance, which certificate.
+func TestEveryOutcomeIsAuditedOnce(t *testing.T) {
+	f := newFixture(t)
+	var buf strings.Builder
+	f.srv.cfg.Logger = slog.New(slog.NewJSONHandler(&buf, nil))
+	ctx := ctxWith("authorization", "Bearer cart-token")
+	resp, err := f.srv.CreateCertificate(ctx, &authv1.IstioCertificateRequest{Csr: csrFor(t, cart), ValidityDuration: 7200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.srv.CreateCertificate(ctx, &authv1.IstioCertificateRequest{Csr: csrFor(t, "spiffe://cluster.local/ns/shop/sa/admin")}); err == nil {
+		t.Fatal("expected a refusal")
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d audit lines, want 2:\n%s", len(lines), buf.String())
+	}
+	block, _ := pem.Decode([]byte(resp.CertChain[0]))
+	leaf, _ := x509.ParseCertificate(block.Bytes)
+	for _, want := range []string{`"msg":"certificate issued"`, `"identity":"` + cart + `"`, `"authn":"table"`, `"serial":"` + fmt.Sprintf("%x", leaf.SerialNumber) + `"`, `"grantedTTL":"2h0m0s"`} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("issuance line lacks %s: %s", want, lines[0])
+		}
+	}
+	for _, want := range []string{`"msg":"certificate request refused"`, `"identity":"` + cart + `"`, `"code":"PermissionDenied"`, `sa/admin`} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("refusal line lacks %s: %s", want, lines[1])
+		}
+	}
+}
