@@ -68,6 +68,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/meshca/broker/integration/fakes/netfault"
 )
 
 // Default static credentials the fake accepts.
@@ -118,7 +120,7 @@ type Server struct {
 	opts Options
 	ca   *hierarchy
 	srv  *http.Server
-	ln   *dropListener
+	ln   *netfault.Listener
 
 	mu          sync.Mutex
 	outage      OutageMode
@@ -174,7 +176,7 @@ func Start(opts Options) (*Server, error) {
 		CAArn:  fmt.Sprintf("arn:aws:acm-pca:%s:%s:certificate-authority/%s", opts.Region, opts.Account, newUUID()),
 		opts:   opts,
 		ca:     ca,
-		ln:     &dropListener{Listener: l, conns: map[net.Conn]struct{}{}},
+		ln:     netfault.New(l),
 		status: "ACTIVE",
 		certs:  map[string]*issued{},
 		tokens: map[string]tokenEntry{},
@@ -189,7 +191,7 @@ func Start(opts Options) (*Server, error) {
 
 // Close stops the server and drops its connections.
 func (s *Server) Close() error {
-	s.ln.setDropping(true)
+	s.ln.SetDropping(true)
 	return s.srv.Close()
 }
 
@@ -244,7 +246,7 @@ func (s *Server) SetOutage(m OutageMode) {
 	s.mu.Lock()
 	s.outage = m
 	s.mu.Unlock()
-	s.ln.setDropping(m == OutageDrop)
+	s.ln.SetDropping(m == OutageDrop)
 }
 
 // Calls reports how many requests named an operation, failed ones included.
@@ -915,58 +917,4 @@ func newUUID() string {
 	b[8] = b[8]&0x3f | 0x80
 	h := hex.EncodeToString(b)
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
-
-// dropListener closes connections while the outage is on.
-type dropListener struct {
-	net.Listener
-	mu       sync.Mutex
-	dropping bool
-	conns    map[net.Conn]struct{}
-}
-
-func (l *dropListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		l.mu.Lock()
-		if l.dropping {
-			l.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		tc := &trackedConn{Conn: c, l: l}
-		l.conns[tc] = struct{}{}
-		l.mu.Unlock()
-		return tc, nil
-	}
-}
-
-func (l *dropListener) setDropping(on bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.dropping = on
-	if on {
-		for c := range l.conns {
-			_ = c.(*trackedConn).Conn.Close()
-			delete(l.conns, c)
-		}
-	}
-}
-
-type trackedConn struct {
-	net.Conn
-	l    *dropListener
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		delete(c.l.conns, c)
-		c.l.mu.Unlock()
-	})
-	return c.Conn.Close()
 }

@@ -63,6 +63,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/meshca/broker/integration/fakes/netfault"
 )
 
 // Options configure a fake. Zero values pick the defaults.
@@ -110,7 +112,7 @@ type Server struct {
 	cas  map[string]*fakeCA
 	ids  []string
 	grpc *grpc.Server
-	ln   *dropListener
+	ln   *netfault.Listener
 
 	mu            sync.Mutex
 	outage        OutageMode
@@ -181,7 +183,7 @@ func Start(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("fake gcpcas: listening: %w", err)
 	}
 	s.Addr = l.Addr().String()
-	s.ln = &dropListener{Listener: l, conns: map[net.Conn]struct{}{}}
+	s.ln = netfault.New(l)
 	s.grpc = grpc.NewServer(grpc.UnaryInterceptor(s.intercept))
 	privatecapb.RegisterCertificateAuthorityServiceServer(s.grpc, s)
 	go func() { _ = s.grpc.Serve(s.ln) }()
@@ -190,7 +192,7 @@ func Start(opts Options) (*Server, error) {
 
 // Close stops the server.
 func (s *Server) Close() {
-	s.ln.setDropping(true)
+	s.ln.SetDropping(true)
 	s.grpc.Stop()
 }
 
@@ -241,7 +243,7 @@ func (s *Server) SetOutage(m OutageMode) {
 	s.mu.Lock()
 	s.outage = m
 	s.mu.Unlock()
-	s.ln.setDropping(m == OutageDrop)
+	s.ln.SetDropping(m == OutageDrop)
 }
 
 // Calls reports how many calls a method received, failed ones included.
@@ -313,7 +315,7 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 	}
 	s.mu.Unlock()
 	if drop {
-		s.ln.closeAll()
+		s.ln.CloseAll()
 		return nil, status.Error(codes.Unavailable, "connection dropped by the fake")
 	}
 	return resp, err
@@ -640,64 +642,4 @@ func contains(list []string, v string) bool {
 		}
 	}
 	return false
-}
-
-// dropListener closes connections while the outage is on.
-type dropListener struct {
-	net.Listener
-	mu       sync.Mutex
-	dropping bool
-	conns    map[net.Conn]struct{}
-}
-
-func (l *dropListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		l.mu.Lock()
-		if l.dropping {
-			l.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		tc := &trackedConn{Conn: c, l: l}
-		l.conns[tc] = struct{}{}
-		l.mu.Unlock()
-		return tc, nil
-	}
-}
-
-func (l *dropListener) setDropping(on bool) {
-	l.mu.Lock()
-	l.dropping = on
-	l.mu.Unlock()
-	if on {
-		l.closeAll()
-	}
-}
-
-func (l *dropListener) closeAll() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for c := range l.conns {
-		_ = c.(*trackedConn).Conn.Close()
-		delete(l.conns, c)
-	}
-}
-
-type trackedConn struct {
-	net.Conn
-	l    *dropListener
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		delete(c.l.conns, c)
-		c.l.mu.Unlock()
-	})
-	return c.Conn.Close()
 }
