@@ -42,6 +42,18 @@ func Register(typ string, f Factory) {
 	factories[typ] = f
 }
 
+// RegisterConfig registers a backend whose factory takes its own
+// configuration section already decoded, strictly, into C.
+func RegisterConfig[C any](typ string, build func(ctx context.Context, cfg C, opts Options) (Signer, error)) {
+	Register(typ, func(ctx context.Context, opts Options) (Signer, error) {
+		var cfg C
+		if err := DecodeConfig(opts.Config, &cfg); err != nil {
+			return nil, err
+		}
+		return build(ctx, cfg, opts)
+	})
+}
+
 // Types lists the registered type names, sorted.
 func Types() []string {
 	mu.RLock()

@@ -43,7 +43,11 @@ import (
 // Type is the backend's name in the configuration.
 const Type = "awspca"
 
-func init() { backends.Register(Type, factory) }
+func init() {
+	backends.RegisterConfig(Type, func(ctx context.Context, cfg Config, opts backends.Options) (backends.Signer, error) {
+		return New(ctx, cfg, opts.Logger)
+	})
+}
 
 // anchorsRefresh is how long roots read from the CA are reused before they
 // are read again, so a re-parented CA is noticed without a restart.
@@ -63,14 +67,6 @@ type Signer struct {
 	anchors        []*x509.Certificate
 	anchorsFetched time.Time
 	anchorsFromAPI bool
-}
-
-func factory(ctx context.Context, opts backends.Options) (backends.Signer, error) {
-	var cfg Config
-	if err := backends.DecodeConfig(opts.Config, &cfg); err != nil {
-		return nil, err
-	}
-	return New(ctx, cfg, opts.Logger)
 }
 
 // New validates cfg, builds the Private CA client and, unless the

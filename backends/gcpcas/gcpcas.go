@@ -50,7 +50,11 @@ import (
 // Type is the backend's name in the configuration.
 const Type = "gcpcas"
 
-func init() { backends.Register(Type, factory) }
+func init() {
+	backends.RegisterConfig(Type, func(ctx context.Context, cfg Config, opts backends.Options) (backends.Signer, error) {
+		return New(ctx, cfg, opts.Logger)
+	})
+}
 
 // anchorsRefresh is how long roots read from the pool are reused, so a CA
 // added to the pool (a root rotation) is noticed without a restart.
@@ -70,14 +74,6 @@ type Signer struct {
 	anchors        []*x509.Certificate
 	anchorsFetched time.Time
 	anchorsFromAPI bool
-}
-
-func factory(ctx context.Context, opts backends.Options) (backends.Signer, error) {
-	var cfg Config
-	if err := backends.DecodeConfig(opts.Config, &cfg); err != nil {
-		return nil, err
-	}
-	return New(ctx, cfg, opts.Logger)
 }
 
 // New validates cfg and builds the CA Service client. It makes no call:

@@ -29,7 +29,7 @@ import (
 // Type is the backend's name in the configuration.
 const Type = "local"
 
-func init() { backends.Register(Type, factory) }
+func init() { backends.RegisterConfig(Type, newFromConfig) }
 
 // Config is the `backend.local` configuration section.
 type Config struct {
@@ -63,11 +63,7 @@ type CA struct {
 	anchors []*x509.Certificate
 }
 
-func factory(ctx context.Context, opts backends.Options) (backends.Signer, error) {
-	var cfg Config
-	if err := backends.DecodeConfig(opts.Config, &cfg); err != nil {
-		return nil, err
-	}
+func newFromConfig(_ context.Context, cfg Config, opts backends.Options) (backends.Signer, error) {
 	if cfg.CACertsDir != "" {
 		return LoadCACerts(cfg.CACertsDir)
 	}

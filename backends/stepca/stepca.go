@@ -25,8 +25,13 @@ import (
 	"github.com/meshca/broker/backends"
 )
 
+// Type is the backend's name in the configuration.
+const Type = "stepca"
+
 func init() {
-	backends.Register("stepca", New)
+	backends.RegisterConfig(Type, func(ctx context.Context, cfg Config, opts backends.Options) (backends.Signer, error) {
+		return newSigner(ctx, cfg, opts.Logger)
+	})
 }
 
 // Signer signs through a step-ca JWK provisioner. It is safe for
@@ -44,21 +49,6 @@ type Signer struct {
 }
 
 var _ backends.Signer = (*Signer)(nil)
-
-// New is the backends.Factory for type "stepca". Configuration errors and a
-// provisioner key that does not decrypt fail it; an unreachable CA (when
-// the key must be fetched from it) is logged and the key loaded on first use.
-func New(ctx context.Context, opts backends.Options) (backends.Signer, error) {
-	var cfg Config
-	if err := backends.DecodeConfig(opts.Config, &cfg); err != nil {
-		return nil, fmt.Errorf("stepca: %w", err)
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	return newSigner(ctx, cfg, log)
-}
 
 func newSigner(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, error) {
 	if err := cfg.setDefaults(); err != nil {

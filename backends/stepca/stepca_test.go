@@ -300,7 +300,7 @@ func TestNewRejectsBadInputs(t *testing.T) {
 			m := base()
 			tc.change(m)
 			raw, _ := json.Marshal(m)
-			_, err := New(context.Background(), backends.Options{Config: raw, Logger: quietLogger()})
+			_, err := backends.New(context.Background(), Type, backends.Options{Config: raw, Logger: quietLogger()})
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("unexpected error: %v", err)

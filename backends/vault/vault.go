@@ -24,8 +24,13 @@ import (
 	"github.com/meshca/broker/backends"
 )
 
+// Type is the backend's name in the configuration.
+const Type = "vault"
+
 func init() {
-	backends.Register("vault", New)
+	backends.RegisterConfig(Type, func(ctx context.Context, cfg Config, opts backends.Options) (backends.Signer, error) {
+		return newSigner(ctx, cfg, opts.Logger)
+	})
 }
 
 // anchorRefresh is how long trust anchors read from Vault are reused
@@ -50,22 +55,6 @@ type Signer struct {
 }
 
 var _ backends.Signer = (*Signer)(nil)
-
-// New is the backends.Factory for type "vault". It fails on configuration
-// and credential errors; if Vault is merely unreachable it logs that and
-// returns a signer that logs in on first use, so that a Vault outage does
-// not keep the broker from starting.
-func New(ctx context.Context, opts backends.Options) (backends.Signer, error) {
-	var cfg Config
-	if err := backends.DecodeConfig(opts.Config, &cfg); err != nil {
-		return nil, fmt.Errorf("vault: %w", err)
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	return newSigner(ctx, cfg, log)
-}
 
 func newSigner(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, error) {
 	if err := cfg.setDefaults(); err != nil {
