@@ -24,5 +24,7 @@ lint:
 	go vet ./...
 	go tool -modfile=tools/go.mod buf lint
 
+# The whole issue path in process, and the broker over each backend's direct Sign (real servers).
 bench:
-	go test -run '^$$' -bench . -benchmem ./server ./backends/localca
+	go test -run '^$$' -bench . -benchmem ./broker ./backends/localca
+	MESHCA_INTEGRATION=1 go test -run '^$$' -bench BrokerOverBackend -benchtime 500x ./integration
