@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/meshca/broker/authn"
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/backends/backendtest"
 	"github.com/meshca/broker/caclient"
 	"github.com/meshca/broker/config"
 	"github.com/meshca/broker/devissuer"
@@ -39,7 +39,7 @@ func backendCases() []backendCase {
 				"address":          v.Addr,
 				"role":             pki.Role,
 				"mount":            pki.Mount,
-				"trustAnchorsFile": writeTemp(t, "vault-root.pem", pki.RootPEM),
+				"trustAnchorsFile": backendtest.WriteFile(t, "vault-root.pem", pki.RootPEM),
 				"auth":             map[string]any{"method": "token", "token": map[string]any{"token": v.RootToken}},
 			})}
 		}},
@@ -82,15 +82,6 @@ func backendCases() []backendCase {
 			})}
 		}},
 	}
-}
-
-func writeTemp(t testing.TB, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // TestIstioAgentThroughEachBackend: the real Istio agent, authenticated

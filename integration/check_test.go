@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshca/broker/backends/backendtest"
 )
 
 // TestBrokerCheckAgainstEachBackend runs the real `broker check` binary:
@@ -26,7 +28,7 @@ func TestBrokerCheckAgainstEachBackend(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			path := writeTemp(t, "config.yaml", cfg)
+			path := backendtest.WriteFile(t, "config.yaml", cfg)
 			out, err := exec.Command(bin, "check", "--config", path).CombinedOutput()
 			if err != nil {
 				t.Fatalf("broker check: %v\n%s", err, out)

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshca/broker/backends/backendtest"
 	"github.com/meshca/broker/caclient"
 	"github.com/meshca/broker/config"
 	"github.com/meshca/broker/devissuer"
@@ -32,7 +33,7 @@ func TestBackendOutageIsUnavailableThenRecovers(t *testing.T) {
 			pki := v.EnablePKI(t, testenv.VaultPKIOptions{})
 			return config.Backend{Type: "vault", Settings: backendSettings(t, map[string]any{
 				"address": v.Addr, "role": pki.Role, "mount": pki.Mount, "timeout": "1s",
-				"trustAnchorsFile": writeTemp(t, "root.pem", pki.RootPEM),
+				"trustAnchorsFile": backendtest.WriteFile(t, "root.pem", pki.RootPEM),
 				"auth":             map[string]any{"method": "token", "token": map[string]any{"token": v.RootToken}},
 			})}, v
 		}},
@@ -48,7 +49,7 @@ func TestBackendOutageIsUnavailableThenRecovers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			backend, pki := tc.start(t)
 			iss, _ := devissuer.New(devissuer.DefaultIssuer)
-			jwks := writeTemp(t, "jwks.json", mustJWKS(t, iss))
+			jwks := backendtest.WriteFile(t, "jwks.json", mustJWKS(t, iss))
 			b := startBroker(t, nil, func(c *config.Config) {
 				c.Backend = backend
 				c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwks}}

@@ -60,7 +60,7 @@ func stepCASigner(t testing.TB, s *testenv.StepCA, keyFile bool, mutate ...func(
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	sg, err := newSigner(context.Background(), cfg, quietLogger())
+	sg, err := newSigner(context.Background(), cfg, backendtest.QuietLogger())
 	if err != nil {
 		t.Fatalf("stepca signer: %v", err)
 	}
@@ -165,15 +165,15 @@ func TestStepCA(t *testing.T) {
 
 	t.Run("wrong provisioner password fails at startup", func(t *testing.T) {
 		cfg := Config{URL: sca.URL, RootFile: sca.RootFile, Provisioner: sca.Provisioner,
-			PasswordFile: writeFile(t, "pw", []byte("not-the-password"))}
-		if _, err := newSigner(context.Background(), cfg, quietLogger()); err == nil || !strings.Contains(err.Error(), "wrong password") {
+			PasswordFile: backendtest.WriteFile(t, "pw", []byte("not-the-password"))}
+		if _, err := newSigner(context.Background(), cfg, backendtest.QuietLogger()); err == nil || !strings.Contains(err.Error(), "wrong password") {
 			t.Fatalf("newSigner = %v, want a decryption error", err)
 		}
 	})
 
 	t.Run("unknown provisioner fails at startup", func(t *testing.T) {
 		cfg := Config{URL: sca.URL, RootFile: sca.RootFile, Provisioner: "nope", PasswordFile: sca.PasswordFile}
-		if _, err := newSigner(context.Background(), cfg, quietLogger()); err == nil || !strings.Contains(err.Error(), "no JWK provisioner") {
+		if _, err := newSigner(context.Background(), cfg, backendtest.QuietLogger()); err == nil || !strings.Contains(err.Error(), "no JWK provisioner") {
 			t.Fatalf("newSigner = %v, want provisioner not found", err)
 		}
 	})
@@ -213,7 +213,7 @@ func TestStepCA(t *testing.T) {
 	t.Run("startup while the CA is down, key fetched later", func(t *testing.T) {
 		sca.Stop()
 		cfg := Config{URL: sca.URL, RootFile: sca.RootFile, Provisioner: sca.Provisioner, PasswordFile: sca.PasswordFile}
-		ls, err := newSigner(context.Background(), cfg, quietLogger())
+		ls, err := newSigner(context.Background(), cfg, backendtest.QuietLogger())
 		if err != nil {
 			sca.Start(t)
 			t.Fatalf("newSigner with the CA down = %v, want a lazy signer", err)

@@ -9,12 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,17 +22,6 @@ import (
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/backends/backendtest"
 )
-
-func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-func writeFile(t testing.TB, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // provisionerKey makes an encrypted provisioner key the way `step ca init` does.
 func provisionerKey(t testing.TB, password string) (pub *jose.JSONWebKey, encrypted string) {
@@ -261,13 +247,13 @@ func fakeCASigner(t *testing.T, caURL string, cert *x509.Certificate) *Signer {
 	pub, enc := provisionerKey(t, "pw")
 	cfg := Config{
 		URL:          caURL,
-		RootFile:     writeFile(t, "root.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})),
+		RootFile:     backendtest.WriteFile(t, "root.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})),
 		Provisioner:  "meshca",
 		KeyID:        pub.KeyID,
-		KeyFile:      writeFile(t, "key.jwe", []byte(enc)),
-		PasswordFile: writeFile(t, "pw", []byte("pw\n")),
+		KeyFile:      backendtest.WriteFile(t, "key.jwe", []byte(enc)),
+		PasswordFile: backendtest.WriteFile(t, "pw", []byte("pw\n")),
 	}
-	s, err := newSigner(context.Background(), cfg, quietLogger())
+	s, err := newSigner(context.Background(), cfg, backendtest.QuietLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,12 +263,12 @@ func fakeCASigner(t *testing.T, caURL string, cert *x509.Certificate) *Signer {
 func TestNewRejectsBadInputs(t *testing.T) {
 	srv := httptest.NewTLSServer(http.NotFoundHandler())
 	defer srv.Close()
-	rootFile := writeFile(t, "root.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	rootFile := backendtest.WriteFile(t, "root.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
 	pub, enc := provisionerKey(t, "pw")
-	keyFile := writeFile(t, "key.jwe", []byte(enc))
+	keyFile := backendtest.WriteFile(t, "key.jwe", []byte(enc))
 	base := func() map[string]any {
 		return map[string]any{"url": srv.URL, "rootFile": rootFile, "provisioner": "meshca",
-			"keyId": pub.KeyID, "keyFile": keyFile, "passwordFile": writeFile(t, "pw", []byte("pw"))}
+			"keyId": pub.KeyID, "keyFile": keyFile, "passwordFile": backendtest.WriteFile(t, "pw", []byte("pw"))}
 	}
 	tests := []struct {
 		name    string
@@ -290,9 +276,9 @@ func TestNewRejectsBadInputs(t *testing.T) {
 		wantErr string
 	}{
 		{"ok", func(map[string]any) {}, ""},
-		{"wrong password", func(m map[string]any) { m["passwordFile"] = writeFile(t, "pw2", []byte("nope")) }, "wrong password"},
+		{"wrong password", func(m map[string]any) { m["passwordFile"] = backendtest.WriteFile(t, "pw2", []byte("nope")) }, "wrong password"},
 		{"missing root file", func(m map[string]any) { m["rootFile"] = "/nonexistent/root.pem" }, "reading rootFile"},
-		{"root file without certs", func(m map[string]any) { m["rootFile"] = writeFile(t, "x.pem", []byte("hello")) }, "no usable certificates"},
+		{"root file without certs", func(m map[string]any) { m["rootFile"] = backendtest.WriteFile(t, "x.pem", []byte("hello")) }, "no usable certificates"},
 		{"empty password env", func(m map[string]any) { delete(m, "passwordFile"); m["passwordEnv"] = "MESHCA_TEST_UNSET_VAR" }, "password is empty"},
 	}
 	for _, tc := range tests {
@@ -300,7 +286,7 @@ func TestNewRejectsBadInputs(t *testing.T) {
 			m := base()
 			tc.change(m)
 			raw, _ := json.Marshal(m)
-			_, err := backends.New(context.Background(), Type, backends.Options{Config: raw, Logger: quietLogger()})
+			_, err := backends.New(context.Background(), Type, backends.Options{Config: raw, Logger: backendtest.QuietLogger()})
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("unexpected error: %v", err)
@@ -342,7 +328,7 @@ func TestForgetKeyIfRejected(t *testing.T) {
 		{"401, key from a file", "/k.jwe", 401, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &Signer{cfg: Config{KeyFile: tc.keyFile}, issuer: iss, log: quietLogger()}
+			s := &Signer{cfg: Config{KeyFile: tc.keyFile}, issuer: iss, log: backendtest.QuietLogger()}
 			s.forgetKeyIfRejected(iss, fmt.Errorf("x: %w", &caError{status: tc.status}))
 			if forgot := s.issuer == nil; forgot != tc.forget {
 				t.Errorf("forgot = %v, want %v", forgot, tc.forget)

@@ -108,7 +108,7 @@ func (p *vaultPKI) signer(t testing.TB, auth AuthConfig, mutate ...func(*Config)
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	s, err := newSigner(context.Background(), cfg, quietLogger())
+	s, err := newSigner(context.Background(), cfg, backendtest.QuietLogger())
 	if err != nil {
 		t.Fatalf("vault signer: %v", err)
 	}
@@ -117,7 +117,7 @@ func (p *vaultPKI) signer(t testing.TB, auth AuthConfig, mutate ...func(*Config)
 }
 
 func tokenFileAuth(t testing.TB, token string) (AuthConfig, string) {
-	f := writeFile(t, "vault-token", []byte(token))
+	f := backendtest.WriteFile(t, "vault-token", []byte(token))
 	return AuthConfig{Method: "token", Token: &TokenAuth{TokenFile: f}}, f
 }
 
@@ -160,7 +160,7 @@ func TestVault(t *testing.T) {
 	t.Run("token from env, anchors from file", func(t *testing.T) {
 		t.Setenv("MESHCA_TEST_VAULT_TOKEN", signerToken(t))
 		s := p.signer(t, AuthConfig{Method: "token", Token: &TokenAuth{TokenEnv: "MESHCA_TEST_VAULT_TOKEN"}}, func(c *Config) {
-			c.TrustAnchorsFile = writeFile(t, "roots.pem", p.rootPEM)
+			c.TrustAnchorsFile = backendtest.WriteFile(t, "roots.pem", p.rootPEM)
 		})
 		backendtest.Run(t, s, spiffeID)
 	})
@@ -208,7 +208,7 @@ func TestVault(t *testing.T) {
 	t.Run("no permission on the sign path", func(t *testing.T) {
 		tok := p.token(t, &vaultapi.TokenCreateRequest{Policies: []string{"default"}, TTL: "1h"})
 		auth, _ := tokenFileAuth(t, tok)
-		s := p.signer(t, auth, func(c *Config) { c.TrustAnchorsFile = writeFile(t, "roots.pem", p.rootPEM) })
+		s := p.signer(t, auth, func(c *Config) { c.TrustAnchorsFile = backendtest.WriteFile(t, "roots.pem", p.rootPEM) })
 		req, _ := backendtest.NewRequest(t, spiffeID, time.Hour)
 		_, err := s.Sign(context.Background(), req)
 		if !errors.Is(err, backends.ErrRefused) || !strings.Contains(err.Error(), "permission denied by Vault") {
@@ -260,7 +260,7 @@ func TestVault(t *testing.T) {
 
 	t.Run("approle", func(t *testing.T) {
 		roleID, secretID := setupAppRole(t, p, "meshca", map[string]any{"token_ttl": "1h", "token_max_ttl": "4h"})
-		s := p.signer(t, AuthConfig{Method: "approle", AppRole: &AppRoleAuth{RoleID: roleID, SecretIDFile: writeFile(t, "secret-id", []byte(secretID+"\n"))}})
+		s := p.signer(t, AuthConfig{Method: "approle", AppRole: &AppRoleAuth{RoleID: roleID, SecretIDFile: backendtest.WriteFile(t, "secret-id", []byte(secretID+"\n"))}})
 		backendtest.Run(t, s, spiffeID)
 
 		// Someone revokes the broker's token: the next call logs in again.
@@ -296,7 +296,7 @@ func TestVault(t *testing.T) {
 	t.Run("approle with a wrong secret fails at startup", func(t *testing.T) {
 		roleID, _ := setupAppRole(t, p, "wrong", nil)
 		cfg := Config{Address: v.Addr, Role: "istio", Auth: AuthConfig{Method: "approle", AppRole: &AppRoleAuth{RoleID: roleID, SecretID: "not-it"}}}
-		_, err := newSigner(context.Background(), cfg, quietLogger())
+		_, err := newSigner(context.Background(), cfg, backendtest.QuietLogger())
 		if err == nil || backends.Retryable(err) {
 			t.Fatalf("newSigner = %v, want a non-retryable error", err)
 		}
@@ -337,7 +337,7 @@ func TestVault(t *testing.T) {
 
 		// A broker starting during the outage comes up and signs later.
 		late, err := newSigner(context.Background(), Config{Address: v.Addr, Role: "istio",
-			Auth: AuthConfig{Method: "token", Token: &TokenAuth{Token: v.RootToken}}}, quietLogger())
+			Auth: AuthConfig{Method: "token", Token: &TokenAuth{Token: v.RootToken}}}, backendtest.QuietLogger())
 		if err != nil {
 			t.Fatalf("newSigner during the outage = %v, want a signer that connects later", err)
 		}
@@ -441,7 +441,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 		}
 		return tok
 	}
-	tokenFile := writeFile(t, "sa-token", []byte(brokerToken("meshca-broker")))
+	tokenFile := backendtest.WriteFile(t, "sa-token", []byte(brokerToken("meshca-broker")))
 	auth := AuthConfig{Method: "kubernetes", Kubernetes: &KubernetesAuth{Role: "meshca-broker", TokenFile: tokenFile}}
 
 	s := p.signer(t, auth)
@@ -468,8 +468,8 @@ func TestVaultKubernetesAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 		wrongAud := AuthConfig{Method: "kubernetes", Kubernetes: &KubernetesAuth{Role: "meshca-broker",
-			TokenFile: writeFile(t, "istio-ca-token", []byte(tok))}}
-		_, err = newSigner(context.Background(), Config{Address: v.Addr, Role: "istio", Auth: wrongAud}, quietLogger())
+			TokenFile: backendtest.WriteFile(t, "istio-ca-token", []byte(tok))}}
+		_, err = newSigner(context.Background(), Config{Address: v.Addr, Role: "istio", Auth: wrongAud}, backendtest.QuietLogger())
 		if err == nil || backends.Retryable(err) {
 			t.Fatalf("newSigner = %v, want a non-retryable refusal", err)
 		}
@@ -478,8 +478,8 @@ func TestVaultKubernetesAuth(t *testing.T) {
 
 	t.Run("another service account is refused at startup", func(t *testing.T) {
 		other := AuthConfig{Method: "kubernetes", Kubernetes: &KubernetesAuth{Role: "meshca-broker",
-			TokenFile: writeFile(t, "other-token", []byte(brokerToken("someone-else")))}}
-		_, err := newSigner(context.Background(), Config{Address: v.Addr, Role: "istio", Auth: other}, quietLogger())
+			TokenFile: backendtest.WriteFile(t, "other-token", []byte(brokerToken("someone-else")))}}
+		_, err := newSigner(context.Background(), Config{Address: v.Addr, Role: "istio", Auth: other}, backendtest.QuietLogger())
 		if err == nil || backends.Retryable(err) {
 			t.Fatalf("newSigner = %v, want a non-retryable refusal", err)
 		}

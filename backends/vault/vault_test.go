@@ -12,13 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -29,17 +27,6 @@ import (
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/backends/backendtest"
 )
-
-func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-func writeFile(t testing.TB, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 func TestConfigValidation(t *testing.T) {
 	tok := `"auth":{"method":"token","token":{"tokenFile":"/t"}}`
@@ -344,11 +331,11 @@ func TestSignAgainstFakeVault(t *testing.T) {
 	f := &fakeVault{t: t, pki: newTestPKI(t), statuses: make(chan int, 10), tokens: make(chan string, 100)}
 	srv := httptest.NewServer(f)
 	defer srv.Close()
-	tokenFile := writeFile(t, "token", []byte("token-1\n"))
+	tokenFile := backendtest.WriteFile(t, "token", []byte("token-1\n"))
 	s, err := newSigner(context.Background(), Config{
 		Address: srv.URL, Role: "istio", Timeout: backends.Duration{Duration: 2 * time.Second},
 		Auth: AuthConfig{Method: "token", Token: &TokenAuth{TokenFile: tokenFile}},
-	}, quietLogger())
+	}, backendtest.QuietLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +410,7 @@ func TestSignAgainstFakeVault(t *testing.T) {
 
 	t.Run("unknown role path", func(t *testing.T) {
 		s2, err := newSigner(context.Background(), Config{Address: srv.URL, Role: "nope",
-			Auth: AuthConfig{Method: "token", Token: &TokenAuth{Token: "x"}}}, quietLogger())
+			Auth: AuthConfig{Method: "token", Token: &TokenAuth{Token: "x"}}}, backendtest.QuietLogger())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -435,7 +422,7 @@ func TestSignAgainstFakeVault(t *testing.T) {
 
 	t.Run("missing token file is neither retryable nor a refusal", func(t *testing.T) {
 		_, err := newSigner(context.Background(), Config{Address: srv.URL, Role: "istio",
-			Auth: AuthConfig{Method: "token", Token: &TokenAuth{TokenFile: "/nonexistent/token"}}}, quietLogger())
+			Auth: AuthConfig{Method: "token", Token: &TokenAuth{TokenFile: "/nonexistent/token"}}}, backendtest.QuietLogger())
 		if err == nil || backends.Retryable(err) || errors.Is(err, backends.ErrRefused) {
 			t.Fatalf("newSigner = %v", err)
 		}
@@ -454,7 +441,7 @@ func TestSignHonoursDeadlines(t *testing.T) {
 	defer srv.Close()
 	defer close(release) // before Close, which waits for the handlers
 	s, err := newSigner(context.Background(), Config{Address: srv.URL, Role: "istio", Timeout: backends.Duration{Duration: 300 * time.Millisecond},
-		Auth: AuthConfig{Method: "token", Token: &TokenAuth{Token: "x"}}}, quietLogger())
+		Auth: AuthConfig{Method: "token", Token: &TokenAuth{Token: "x"}}}, backendtest.QuietLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
