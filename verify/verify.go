@@ -1,13 +1,17 @@
 // Package verify checks what a backend issued before any workload sees it:
-// the leaf holds the requester's key, names exactly the approved identity,
-// is no CA, keeps to the approved lifetime, and chains to the configured
-// trust anchors. It also puts the chain into the shape the Istio agent
+// the leaf holds the requester's key, names exactly the approved identity
+// and the approved subject, carries exactly the approved key usages, is no
+// CA, keeps to the approved lifetime, and chains to the configured trust
+// anchors. It also puts the chain into the shape the Istio agent
 // expects: leaf first, root last, each certificate once.
 package verify
 
 import (
 	"crypto"
+	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -15,6 +19,7 @@ import (
 	"time"
 
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/dn"
 )
 
 // ErrMismatch means the backend returned something the broker must not
@@ -22,7 +27,9 @@ import (
 var ErrMismatch = errors.New("issued certificate does not match the approved request")
 
 // Slack is how far a backend may round the approved NotAfter up (PKIs that
-// count lifetime in whole minutes or days-with-time do).
+// count lifetime in whole minutes or days-with-time do), and how far its
+// NotBefore may stray from the approved one (PKIs that set their own
+// backdate, or the time of signing, do).
 const Slack = 2 * time.Minute
 
 // Chain verifies issued (leaf first, in any further order, duplicates and
@@ -48,18 +55,26 @@ func Chain(req *backends.Request, issued []*x509.Certificate, anchors []*x509.Ce
 	if len(leaf.IPAddresses) != 0 || len(leaf.EmailAddresses) != 0 {
 		return nil, fmt.Errorf("%w: leaf carries IP or email SANs that were not approved", ErrMismatch)
 	}
+	if err := sameSubject(leaf, tmpl); err != nil {
+		return nil, err
+	}
 	if leaf.IsCA {
 		return nil, fmt.Errorf("%w: leaf is a CA certificate", ErrMismatch)
 	}
 	if leaf.NotAfter.After(tmpl.NotAfter.Add(Slack)) {
 		return nil, fmt.Errorf("%w: leaf expires %s, approved until %s", ErrMismatch, leaf.NotAfter.UTC().Format(time.RFC3339), tmpl.NotAfter.UTC().Format(time.RFC3339))
 	}
-	if len(leaf.ExtKeyUsage) > 0 {
-		for _, u := range tmpl.ExtKeyUsage {
-			if !slices.Contains(leaf.ExtKeyUsage, u) && !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageAny) {
-				return nil, fmt.Errorf("%w: leaf lacks extended key usage %d that the mesh needs", ErrMismatch, u)
-			}
-		}
+	// A PKI that ignores the requested NotBefore stamps the time it
+	// signed, which lies between approval and now; earlier than approved
+	// is a certificate backdated beyond policy.
+	if leaf.NotBefore.Before(tmpl.NotBefore.Add(-Slack)) || leaf.NotBefore.After(now.Add(Slack)) {
+		return nil, fmt.Errorf("%w: leaf valid from %s, approved from %s", ErrMismatch, leaf.NotBefore.UTC().Format(time.RFC3339), tmpl.NotBefore.UTC().Format(time.RFC3339))
+	}
+	if err := sameKeyUsage(leaf, tmpl); err != nil {
+		return nil, err
+	}
+	if err := sameExtKeyUsage(leaf, tmpl); err != nil {
+		return nil, err
 	}
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	for _, a := range anchors {
@@ -118,3 +133,122 @@ func sorted(s []string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// sameSubject compares the leaf's raw subject with the approved one: every
+// attribute with a value must have been approved (an empty-valued one, as
+// the Istio agent's CSR carries and some PKIs copy, says nothing).
+func sameSubject(leaf, tmpl *x509.Certificate) error {
+	approved := tmpl.RawSubject
+	if len(approved) == 0 {
+		var err error
+		if approved, err = asn1.Marshal(tmpl.Subject.ToRDNSequence()); err != nil {
+			return fmt.Errorf("%w: approved subject does not encode: %v", ErrMismatch, err)
+		}
+	}
+	same, err := dn.SameValues(leaf.RawSubject, approved)
+	if err != nil {
+		return fmt.Errorf("%w: leaf subject: %v", ErrMismatch, err)
+	}
+	if !same {
+		got, _ := dn.Valued(leaf.RawSubject)
+		want, _ := dn.Valued(approved)
+		return fmt.Errorf("%w: leaf subject [%s], approved [%s]", ErrMismatch, dn.Describe(got), dn.Describe(want))
+	}
+	return nil
+}
+
+// sameKeyUsage wants the approved key usages exactly. The one allowance:
+// keyEncipherment may be missing for a key that cannot encipher (ECDSA,
+// Ed25519), which some PKIs drop; missing it grants less, not more.
+func sameKeyUsage(leaf, tmpl *x509.Certificate) error {
+	got, want := leaf.KeyUsage, tmpl.KeyUsage
+	if _, isRSA := leaf.PublicKey.(*rsa.PublicKey); !isRSA {
+		got, want = got&^x509.KeyUsageKeyEncipherment, want&^x509.KeyUsageKeyEncipherment
+	}
+	if got != want || (leaf.KeyUsage == 0 && tmpl.KeyUsage != 0) {
+		return fmt.Errorf("%w: leaf key usage %s, approved %s", ErrMismatch, keyUsageNames(leaf.KeyUsage), keyUsageNames(tmpl.KeyUsage))
+	}
+	return nil
+}
+
+// sameExtKeyUsage wants exactly the approved extended key usages: no
+// missing one (the mesh needs both TLS usages), no extra one, no
+// anyExtendedKeyUsage, no usage Go does not know.
+func sameExtKeyUsage(leaf, tmpl *x509.Certificate) error {
+	got, want := slices.Clone(leaf.ExtKeyUsage), slices.Clone(tmpl.ExtKeyUsage)
+	slices.Sort(got)
+	slices.Sort(want)
+	got, want = slices.Compact(got), slices.Compact(want)
+	if !slices.Equal(got, want) || len(leaf.UnknownExtKeyUsage) != len(tmpl.UnknownExtKeyUsage) {
+		return fmt.Errorf("%w: leaf extended key usage %s, approved %s", ErrMismatch, extKeyUsageNames(leaf), extKeyUsageNames(tmpl))
+	}
+	for i, oid := range leaf.UnknownExtKeyUsage {
+		if !oid.Equal(tmpl.UnknownExtKeyUsage[i]) {
+			return fmt.Errorf("%w: leaf extended key usage %s, approved %s", ErrMismatch, extKeyUsageNames(leaf), extKeyUsageNames(tmpl))
+		}
+	}
+	return nil
+}
+
+var keyUsageBits = []struct {
+	bit  x509.KeyUsage
+	name string
+}{
+	{x509.KeyUsageDigitalSignature, "digitalSignature"},
+	{x509.KeyUsageContentCommitment, "contentCommitment"},
+	{x509.KeyUsageKeyEncipherment, "keyEncipherment"},
+	{x509.KeyUsageDataEncipherment, "dataEncipherment"},
+	{x509.KeyUsageKeyAgreement, "keyAgreement"},
+	{x509.KeyUsageCertSign, "keyCertSign"},
+	{x509.KeyUsageCRLSign, "cRLSign"},
+	{x509.KeyUsageEncipherOnly, "encipherOnly"},
+	{x509.KeyUsageDecipherOnly, "decipherOnly"},
+}
+
+func keyUsageNames(ku x509.KeyUsage) string {
+	var names []string
+	for _, b := range keyUsageBits {
+		if ku&b.bit != 0 {
+			names = append(names, b.name)
+		}
+	}
+	if len(names) == 0 {
+		return "[none]"
+	}
+	return fmt.Sprint(names)
+}
+
+var extKeyUsageName = map[x509.ExtKeyUsage]string{
+	x509.ExtKeyUsageAny:             "any",
+	x509.ExtKeyUsageServerAuth:      "serverAuth",
+	x509.ExtKeyUsageClientAuth:      "clientAuth",
+	x509.ExtKeyUsageCodeSigning:     "codeSigning",
+	x509.ExtKeyUsageEmailProtection: "emailProtection",
+	x509.ExtKeyUsageTimeStamping:    "timeStamping",
+	x509.ExtKeyUsageOCSPSigning:     "OCSPSigning",
+}
+
+func extKeyUsageNames(c *x509.Certificate) string {
+	var names []string
+	for _, u := range c.ExtKeyUsage {
+		if n, ok := extKeyUsageName[u]; ok {
+			names = append(names, n)
+		} else {
+			names = append(names, fmt.Sprintf("eku(%d)", u))
+		}
+	}
+	for _, oid := range c.UnknownExtKeyUsage {
+		names = append(names, oid.String())
+	}
+	if len(names) == 0 {
+		return "[none]"
+	}
+	return fmt.Sprint(names)
+}
+
+// EmptySubject is the DER of an empty Name, the subject the broker
+// approves for every certificate it issues.
+var EmptySubject = func() []byte {
+	b, _ := asn1.Marshal(pkix.RDNSequence{})
+	return b
+}()

@@ -1,4 +1,4 @@
-package verify
+package verify_test
 
 import (
 	"crypto"
@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"math/big"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meshca/broker/backends/backendtest"
+	"github.com/meshca/broker/verify"
 )
 
 const workload = "spiffe://cluster.local/ns/shop/sa/cart"
@@ -112,13 +114,62 @@ func TestChain(t *testing.T) {
 		}, []*x509.Certificate{root.cert}, 0, "extended key usage"},
 		{"no EKU at all is unrestricted", func(t *testing.T) []*x509.Certificate {
 			return []*x509.Certificate{with(func(c *x509.Certificate) { c.ExtKeyUsage = nil })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "extended key usage [none]"},
+		{"an extra EKU", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.ExtKeyUsage = append(c.ExtKeyUsage, x509.ExtKeyUsageCodeSigning) })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "codeSigning"},
+		{"anyExtendedKeyUsage", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageAny} })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "extended key usage [any]"},
+		{"an unknown EKU", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.UnknownExtKeyUsage = []asn1.ObjectIdentifier{{1, 2, 3, 4}} })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "1.2.3.4"},
+		{"EKUs in another order", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) {
+				c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}
+			})(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 3, ""},
+		{"keyCertSign and cRLSign on a leaf", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCertSign | x509.KeyUsageCRLSign })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "keyCertSign"},
+		{"no key usage at all", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.KeyUsage = 0 })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "key usage [none]"},
+		{"keyAgreement added", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageKeyAgreement })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "keyAgreement"},
+		{"keyEncipherment dropped for an ECDSA key", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageDigitalSignature })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 3, ""},
+		{"digitalSignature dropped", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageKeyEncipherment })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "key usage"},
+		{"backdated beyond policy", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.NotBefore = c.NotBefore.Add(-time.Hour) })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "valid from"},
+		{"not valid until later", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.NotBefore = time.Now().Add(10 * time.Minute) })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, "valid from"},
+		{"NotBefore the time of signing (PKI ignores the requested one)", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.NotBefore = time.Now() })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 3, ""},
+		{"subject copied from a CSR", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.Subject = pkix.Name{CommonName: "admin", Organization: []string{"system:masters"}} })(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, `O="system:masters", CN="admin"`},
+		{"subject attribute Go's Name drops (DC)", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) {
+				c.RawSubject = mustDER(t, pkix.RDNSequence{{{Type: asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 25}, Value: asn1.RawValue{Tag: asn1.TagIA5String, Bytes: []byte("corp")}}}})
+			})(t), inter.cert}
+		}, []*x509.Certificate{root.cert}, 0, `DC="corp"`},
+		{"an empty-valued O, as the Istio agent's CSR carries", func(t *testing.T) []*x509.Certificate {
+			return []*x509.Certificate{with(func(c *x509.Certificate) { c.Subject = pkix.Name{Organization: []string{""}} })(t), inter.cert}
 		}, []*x509.Certificate{root.cert}, 3, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Chain(req, tc.chain(t), tc.anchors, time.Now())
+			got, err := verify.Chain(req, tc.chain(t), tc.anchors, time.Now())
 			if tc.mention != "" {
-				if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), tc.mention) {
+				if !errors.Is(err, verify.ErrMismatch) || !strings.Contains(err.Error(), tc.mention) {
 					t.Fatalf("err = %v, want ErrMismatch mentioning %q", err, tc.mention)
 				}
 				return
@@ -139,7 +190,7 @@ func TestChain(t *testing.T) {
 func TestPEMIsOneCertificatePerEntryEndingInNewline(t *testing.T) {
 	root := newCA(t, "root", nil)
 	inter := newCA(t, "inter", root)
-	for i, s := range PEM([]*x509.Certificate{inter.cert, root.cert}) {
+	for i, s := range verify.PEM([]*x509.Certificate{inter.cert, root.cert}) {
 		if !strings.HasSuffix(s, "\n") {
 			t.Errorf("entry %d does not end in a newline", i)
 		}
@@ -148,4 +199,13 @@ func TestPEMIsOneCertificatePerEntryEndingInNewline(t *testing.T) {
 			t.Errorf("entry %d is not exactly one PEM block", i)
 		}
 	}
+}
+
+func mustDER(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := asn1.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

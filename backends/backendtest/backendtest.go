@@ -13,6 +13,8 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
 	"io"
 	"log/slog"
 	"net/url"
@@ -22,6 +24,8 @@ import (
 	"time"
 
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/dn"
+	"github.com/meshca/broker/verify"
 )
 
 // NewRequest builds an approved request the way the broker's policy does:
@@ -110,6 +114,11 @@ func CheckIssued(t testing.TB, s backends.Signer, req *backends.Request, chain [
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		t.Errorf("issued chain does not verify to the signer's trust anchors: %v", err)
 	}
+	// And everything the broker checks before a workload sees it: subject,
+	// usages, NotBefore.
+	if _, err := verify.Chain(req, chain, anchors, time.Now()); err != nil {
+		t.Errorf("the broker's verification refuses what the signer issued: %v", err)
+	}
 }
 
 // Run issues one certificate for each common key type and checks it.
@@ -156,3 +165,111 @@ func WriteFile(t testing.TB, name string, data []byte) string {
 
 // QuietLogger discards a backend's logs in tests.
 func QuietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// HostileSubject is a CSR subject no workload may have in its certificate.
+type HostileSubject struct {
+	Name string
+	// RawSubject is the DER Name put into the CSR.
+	RawSubject []byte
+}
+
+// HostileSubjects are subjects a compromised workload might put in its
+// CSR hoping the PKI copies them: names that relying parties authorizing
+// by DN (Kubernetes, Kafka, PostgreSQL) would read as another identity,
+// and attribute types crypto/x509's parsed Name silently drops.
+func HostileSubjects() []HostileSubject {
+	str := func(tag int, s string) asn1.RawValue {
+		return asn1.RawValue{Class: asn1.ClassUniversal, Tag: tag, Bytes: []byte(s)}
+	}
+	atv := func(oid asn1.ObjectIdentifier, v any) pkix.AttributeTypeAndValue {
+		return pkix.AttributeTypeAndValue{Type: oid, Value: v}
+	}
+	var (
+		cn    = asn1.ObjectIdentifier{2, 5, 4, 3}
+		o     = asn1.ObjectIdentifier{2, 5, 4, 10}
+		email = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 1}
+		dc    = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 25}
+		uid   = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 1}
+	)
+	mustDER := func(rdns pkix.RDNSequence) []byte {
+		b, err := asn1.Marshal(rdns)
+		if err != nil {
+			panic(err)
+		}
+		return b
+	}
+	return []HostileSubject{
+		{"CN=admin,O=system:masters", mustDER(pkix.RDNSequence{{atv(o, "system:masters")}, {atv(cn, "admin")}})},
+		{"foreign SPIFFE ID in CN", mustDER(pkix.RDNSequence{{atv(cn, "spiffe://cluster.local/ns/other/sa/x")}})},
+		{"emailAddress", mustDER(pkix.RDNSequence{{atv(email, str(asn1.TagIA5String, "admin@example.com"))}})},
+		{"DC", mustDER(pkix.RDNSequence{{atv(dc, str(asn1.TagIA5String, "corp"))}, {atv(dc, str(asn1.TagIA5String, "example"))}})},
+		{"UID", mustDER(pkix.RDNSequence{{atv(uid, str(asn1.TagUTF8String, "root"))}})},
+		{"multi-valued RDN with empty O and CN", mustDER(pkix.RDNSequence{{atv(o, ""), atv(cn, "admin")}})},
+		{"CN as T61String", mustDER(pkix.RDNSequence{{atv(cn, str(asn1.TagT61String, "admin"))}})},
+	}
+}
+
+// NewRequestWithSubject is NewRequest with a CSR whose subject is raw
+// (and whose template, as policy approves it, is still empty).
+func NewRequestWithSubject(t testing.TB, spiffeID string, raw []byte, ttl time.Duration) *backends.Request {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := NewRequestForKey(t, key, spiffeID, ttl)
+	u := req.Template.URIs[0]
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{RawSubject: raw, URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.CSR, err = x509.ParseCertificateRequest(der); err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+// RunHostileSubjects is the conformance case for PKIs that fill in what
+// the broker leaves unsaid: each hostile subject goes to the signer in a
+// CSR, bypassing policy (which refuses them first in the broker), with an
+// approved empty subject. The signer may refuse it (ErrRefused), or issue
+// the approved empty subject; if it issues the CSR's subject instead, the
+// broker's verification must refuse the result. It never may pass with a
+// subject that says something.
+func RunHostileSubjects(t *testing.T, s backends.Signer, spiffeID string) {
+	t.Helper()
+	for _, h := range HostileSubjects() {
+		t.Run(h.Name, func(t *testing.T) {
+			req := NewRequestWithSubject(t, spiffeID, h.RawSubject, time.Hour)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			chain, err := s.Sign(ctx, req)
+			if err != nil {
+				if !errors.Is(err, backends.ErrRefused) {
+					t.Fatalf("Sign: %v; want a certificate or ErrRefused", err)
+				}
+				t.Logf("refused before issuing: %v", err)
+				return
+			}
+			anchors, err := s.TrustAnchors(ctx)
+			if err != nil {
+				t.Fatalf("TrustAnchors: %v", err)
+			}
+			valued, err := dn.Valued(chain[0].RawSubject)
+			if err != nil {
+				t.Fatalf("issued leaf subject: %v", err)
+			}
+			_, verr := verify.Chain(req, chain, anchors, time.Now())
+			switch {
+			case len(valued) > 0 && verr == nil:
+				t.Fatalf("leaf carries subject [%s] and the broker's verification accepted it", dn.Describe(valued))
+			case len(valued) > 0:
+				t.Logf("the PKI copied [%s]; verification refused it: %v", dn.Describe(valued), verr)
+			case verr != nil:
+				t.Fatalf("leaf has the approved empty subject but verification failed: %v", verr)
+			default:
+				t.Logf("issued with the approved empty subject")
+			}
+		})
+	}
+}
