@@ -154,7 +154,9 @@ func TestChain(t *testing.T) {
 			return []*x509.Certificate{with(func(c *x509.Certificate) { c.NotBefore = time.Now() })(t), inter.cert}
 		}, []*x509.Certificate{root.cert}, 3, ""},
 		{"subject copied from a CSR", func(t *testing.T) []*x509.Certificate {
-			return []*x509.Certificate{with(func(c *x509.Certificate) { c.Subject = pkix.Name{CommonName: "admin", Organization: []string{"system:masters"}} })(t), inter.cert}
+			return []*x509.Certificate{with(func(c *x509.Certificate) {
+				c.Subject = pkix.Name{CommonName: "admin", Organization: []string{"system:masters"}}
+			})(t), inter.cert}
 		}, []*x509.Certificate{root.cert}, 0, `O="system:masters", CN="admin"`},
 		{"subject attribute Go's Name drops (DC)", func(t *testing.T) []*x509.Certificate {
 			return []*x509.Certificate{with(func(c *x509.Certificate) {
