@@ -16,14 +16,18 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net/url"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/meshca/broker/csrgen"
 	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
 )
 
@@ -88,21 +92,18 @@ func NewKey(ecdsaKey bool) (crypto.Signer, error) {
 	return rsa.GenerateKey(rand.Reader, 2048)
 }
 
-// CSR builds a PEM CSR for key naming spiffeID.
+// CSR builds a PEM CSR for key naming spiffeID as the Istio agent does:
+// an empty subject and the ID in a critical subjectAltName.
 func CSR(key crypto.Signer, spiffeID string) (string, error) {
-	tmpl := &x509.CertificateRequest{}
+	var names csrgen.Names
 	if spiffeID != "" {
 		u, err := url.Parse(spiffeID)
 		if err != nil {
 			return "", err
 		}
-		tmpl.URIs = []*url.URL{u}
+		names.URIs = []*url.URL{u}
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		return "", err
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
+	return csrgen.PEM(key, names)
 }
 
 // CreateCertificate sends one request.
@@ -147,4 +148,51 @@ func (c *Client) CreateCertificate(ctx context.Context, r Request) (*Issued, err
 		out.Chain = append(out.Chain, cert)
 	}
 	return out, nil
+}
+
+// Retry is a retry schedule for CreateCertificate: up to Max retries after
+// the first attempt, waiting Initial, then twice as long each time, with
+// Jitter (a fraction) either way.
+type Retry struct {
+	Max     int
+	Initial time.Duration
+	Jitter  float64
+}
+
+// AgentRetry is the Istio agent's schedule: five retries, exponential
+// backoff from 100ms with 10% jitter.
+var AgentRetry = Retry{Max: 5, Initial: 100 * time.Millisecond, Jitter: 0.1}
+
+// retryCodes are the codes the Istio agent retries.
+var retryCodes = map[codes.Code]bool{
+	codes.Unavailable: true, codes.Internal: true, codes.Canceled: true,
+	codes.DeadlineExceeded: true, codes.ResourceExhausted: true, codes.Aborted: true,
+}
+
+// CreateCertificateRetrying sends r, retrying the same CSR on the codes
+// the Istio agent retries, on schedule rt. It returns the attempts made.
+func (c *Client) CreateCertificateRetrying(ctx context.Context, r Request, rt Retry) (*Issued, int, error) {
+	if r.CSRPEM == "" {
+		if r.Key == nil {
+			return nil, 0, errors.New("caclient: no key and no CSR")
+		}
+		var err error
+		if r.CSRPEM, err = CSR(r.Key, r.SPIFFEID); err != nil {
+			return nil, 0, fmt.Errorf("caclient: building CSR: %w", err)
+		}
+	}
+	wait := rt.Initial
+	for attempt := 1; ; attempt++ {
+		out, err := c.CreateCertificate(ctx, r)
+		if err == nil || attempt > rt.Max || !retryCodes[status.Code(err)] {
+			return out, attempt, err
+		}
+		d := time.Duration(float64(wait) * (1 + rt.Jitter*(2*mathrand.Float64()-1)))
+		select {
+		case <-ctx.Done():
+			return nil, attempt, err
+		case <-time.After(d):
+		}
+		wait *= 2
+	}
 }

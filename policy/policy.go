@@ -1,8 +1,10 @@
 // Package policy decides what a certificate may say. Given an authenticated
 // identity and the caller's CSR it either refuses, naming what was wrong,
 // or returns the certificate template to sign: exactly the caller's SPIFFE
-// ID, a bounded lifetime, TLS usages, never a CA. Nothing from the CSR but
-// its public key reaches the template.
+// ID, an empty subject, a bounded lifetime, TLS usages, never a CA. Nothing
+// from the CSR but its public key reaches the template, and a CSR asking
+// for more (a subject, other names, other usages) is refused, because some
+// PKIs copy from the CSR whatever the broker leaves unsaid.
 package policy
 
 import (
@@ -26,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/dn"
 )
 
 var (
@@ -178,6 +181,9 @@ func (p *Policy) Authorize(id *authn.Identity, req Request) (*Decision, error) {
 	if err := p.checkKey(csr.PublicKey); err != nil {
 		return nil, err
 	}
+	if err := checkSubject(csr); err != nil {
+		return nil, err
+	}
 	if err := p.checkNames(id.ID, csr); err != nil {
 		return nil, err
 	}
@@ -208,22 +214,25 @@ func WorkloadTemplate(id spiffeid.ID, notBefore, notAfter time.Time) *x509.Certi
 		URIs:                  []*url.URL{id.URL()},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		KeyUsage:              workloadKeyUsage,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 	}
 }
 
-// ServingTemplate is the broker's own TLS serving certificate.
+// ServingTemplate is the broker's own TLS serving certificate. It has the
+// workloads' usages (serverAuth and clientAuth), so that the one PKI-side
+// template or role that issues workload certificates, which usually fixes
+// both, issues it too; verification then wants exactly what was approved.
 func ServingTemplate(dnsNames []string, notBefore, notAfter time.Time) *x509.Certificate {
 	return &x509.Certificate{
 		Subject:               pkix.Name{},
 		DNSNames:              slices.Clone(dnsNames),
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage:              workloadKeyUsage,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 	}
 }
@@ -351,6 +360,26 @@ func (p *Policy) sameWorkload(id spiffeid.ID, u *url.URL) bool {
 	return td == p.cfg.TrustDomain || slices.Contains(p.cfg.TrustDomainAliases, td)
 }
 
+// checkSubject refuses a CSR whose subject says anything. The certificate
+// never carries a subject (the SPIFFE ID is the identity), but a PKI that
+// fills in what the broker leaves unsaid (AWS Private CA's passthrough
+// templates, Google CAS's pem_csr, Vault's sign-verbatim) would copy it,
+// and relying parties that authorize by DN (Kubernetes, Kafka, PostgreSQL)
+// would read it as an identity. It is judged on the raw bytes, every RDN
+// and attribute type, because Go's parsed Name drops types such as DC and
+// UID. Empty-valued attributes say nothing and are accepted: the Istio
+// agent's CSRs carry an empty O.
+func checkSubject(csr *x509.CertificateRequest) error {
+	valued, err := dn.Valued(csr.RawSubject)
+	if err != nil {
+		return fmt.Errorf("%w: csr subject: %v", ErrInvalid, err)
+	}
+	if len(valued) > 0 {
+		return fmt.Errorf("%w: csr subject attribute %s: a workload certificate's subject is always empty (its identity is the SPIFFE ID); send a CSR without subject attributes", ErrDenied, dn.Describe(valued))
+	}
+	return nil
+}
+
 var (
 	oidExtSubjectAltName   = asn1.ObjectIdentifier{2, 5, 29, 17}
 	oidExtKeyUsage         = asn1.ObjectIdentifier{2, 5, 29, 15}
@@ -369,9 +398,14 @@ func checkExtensions(csr *x509.CertificateRequest) error {
 			if err := checkSANKinds(ext.Value); err != nil {
 				return err
 			}
-		case ext.Id.Equal(oidExtKeyUsage), ext.Id.Equal(oidExtExtKeyUsage):
-			// Usages are decided by policy; a request for them is
-			// harmless and some clients always send one.
+		case ext.Id.Equal(oidExtKeyUsage):
+			if err := checkRequestedKeyUsage(ext.Value); err != nil {
+				return err
+			}
+		case ext.Id.Equal(oidExtExtKeyUsage):
+			if err := checkRequestedExtKeyUsage(ext.Value); err != nil {
+				return err
+			}
 		case ext.Id.Equal(oidExtBasicConstraints):
 			var bc struct {
 				IsCA       bool `asn1:"optional"`
@@ -388,6 +422,59 @@ func checkExtensions(csr *x509.CertificateRequest) error {
 		}
 	}
 	return nil
+}
+
+// Usages are decided by policy, and a request within them is ignored (some
+// clients always send one). A request beyond them is refused: PKIs that
+// copy CSR extensions (Vault's sign-verbatim) would grant it.
+var (
+	workloadKeyUsage     = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	oidExtKeyUsageServer = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 1}
+	oidExtKeyUsageClient = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 2}
+)
+
+func checkRequestedKeyUsage(der []byte) error {
+	var bits asn1.BitString
+	if rest, err := asn1.Unmarshal(der, &bits); err != nil || len(rest) != 0 {
+		return fmt.Errorf("%w: csr key usage extension is malformed", ErrInvalid)
+	}
+	var ku x509.KeyUsage
+	for i := 0; i < bits.BitLength; i++ {
+		if bits.At(i) != 0 {
+			if i >= 9 {
+				return fmt.Errorf("%w: csr key usage bit %d is not defined", ErrDenied, i)
+			}
+			ku |= 1 << uint(i)
+		}
+	}
+	if extra := ku &^ workloadKeyUsage; extra != 0 {
+		return fmt.Errorf("%w: csr requests key usage %s; a workload certificate may have only digitalSignature and keyEncipherment", ErrDenied, keyUsageNames(extra))
+	}
+	return nil
+}
+
+func checkRequestedExtKeyUsage(der []byte) error {
+	var oids []asn1.ObjectIdentifier
+	if rest, err := asn1.Unmarshal(der, &oids); err != nil || len(rest) != 0 {
+		return fmt.Errorf("%w: csr extended key usage extension is malformed", ErrInvalid)
+	}
+	for _, oid := range oids {
+		if !oid.Equal(oidExtKeyUsageServer) && !oid.Equal(oidExtKeyUsageClient) {
+			return fmt.Errorf("%w: csr requests extended key usage %s; a workload certificate may have only serverAuth and clientAuth", ErrDenied, oid)
+		}
+	}
+	return nil
+}
+
+func keyUsageNames(ku x509.KeyUsage) string {
+	names := []string{"digitalSignature", "contentCommitment", "keyEncipherment", "dataEncipherment", "keyAgreement", "keyCertSign", "cRLSign", "encipherOnly", "decipherOnly"}
+	var out []string
+	for i, n := range names {
+		if ku&(1<<uint(i)) != 0 {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // SAN GeneralName tags (RFC 5280 4.2.1.6) the name check understands.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/dn"
 )
 
 const caller = "spiffe://cluster.local/ns/shop/sa/cart"
@@ -181,6 +183,26 @@ func TestAuthorizeRefusesHostileRequests(t *testing.T) {
 			e := pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 30}, Value: []byte{0x30, 0x00}}
 			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{e}})
 		}, 0, nil, ErrDenied, "2.5.29.30"},
+		{"keyCertSign and cRLSign requested", func(t *testing.T) string {
+			e := pkix.Extension{Id: oidExtKeyUsage, Value: []byte{0x03, 0x02, 0x01, 0x06}}
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{e}})
+		}, 0, nil, ErrDenied, "keyCertSign, cRLSign"},
+		{"keyAgreement requested", func(t *testing.T) string {
+			e := pkix.Extension{Id: oidExtKeyUsage, Value: []byte{0x03, 0x02, 0x03, 0x08}}
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{e}})
+		}, 0, nil, ErrDenied, "keyAgreement"},
+		{"malformed key usage", func(t *testing.T) string {
+			e := pkix.Extension{Id: oidExtKeyUsage, Value: []byte{0x04, 0x01, 0x00}}
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{e}})
+		}, 0, nil, ErrInvalid, "key usage extension is malformed"},
+		{"codeSigning requested", func(t *testing.T) string {
+			e := ext(t, oidExtExtKeyUsage, []asn1.ObjectIdentifier{oidExtKeyUsageServer, {1, 3, 6, 1, 5, 5, 7, 3, 3}})
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{e}})
+		}, 0, nil, ErrDenied, "1.3.6.1.5.5.7.3.3"},
+		{"anyExtendedKeyUsage requested", func(t *testing.T) string {
+			e := ext(t, oidExtExtKeyUsage, []asn1.ObjectIdentifier{{2, 5, 29, 37, 0}})
+			return csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller), ExtraExtensions: []pkix.Extension{e}})
+		}, 0, nil, ErrDenied, "2.5.29.37.0"},
 		{"RSA 1024", func(t *testing.T) string {
 			return csrPEM(t, mustRSA(1024), &x509.CertificateRequest{URIs: uris(caller)})
 		}, 0, nil, ErrDenied, "RSA-1024"},
@@ -215,6 +237,83 @@ func TestAuthorizeRefusesHostileRequests(t *testing.T) {
 	}
 }
 
+// TestAuthorizeRefusesAnySubject: a subject with any valued attribute is
+// refused, naming it, whatever the attribute type, RDN layout or string
+// encoding; one that says nothing is accepted.
+func TestAuthorizeRefusesAnySubject(t *testing.T) {
+	str := func(tag int, s string) asn1.RawValue {
+		return asn1.RawValue{Class: asn1.ClassUniversal, Tag: tag, Bytes: []byte(s)}
+	}
+	atv := func(oid asn1.ObjectIdentifier, v any) pkix.AttributeTypeAndValue {
+		return pkix.AttributeTypeAndValue{Type: oid, Value: v}
+	}
+	var (
+		cn     = asn1.ObjectIdentifier{2, 5, 4, 3}
+		o      = asn1.ObjectIdentifier{2, 5, 4, 10}
+		email  = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 1}
+		dc     = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 25}
+		uid    = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 1}
+		serial = asn1.ObjectIdentifier{2, 5, 4, 5}
+		custom = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 7}
+	)
+	cases := []struct {
+		name    string
+		rdns    pkix.RDNSequence
+		raw     []byte // instead of rdns
+		want    error  // nil: accepted
+		mention string
+	}{
+		{"empty subject", pkix.RDNSequence{}, nil, nil, ""},
+		{"empty O as the Istio agent sends", pkix.RDNSequence{{atv(o, "")}}, nil, nil, ""},
+		{"several empty attributes, one multi-valued RDN", pkix.RDNSequence{{atv(o, ""), atv(cn, str(asn1.TagUTF8String, ""))}, {atv(dc, str(asn1.TagIA5String, ""))}}, nil, nil, ""},
+		{"CN", pkix.RDNSequence{{atv(cn, "admin")}}, nil, ErrDenied, `CN="admin"`},
+		{"CN=admin, O=system:masters", pkix.RDNSequence{{atv(o, "system:masters")}, {atv(cn, "admin")}}, nil, ErrDenied, `O="system:masters", CN="admin"`},
+		{"a foreign SPIFFE ID in CN", pkix.RDNSequence{{atv(cn, "spiffe://cluster.local/ns/other/sa/x")}}, nil, ErrDenied, "ns/other/sa/x"},
+		{"emailAddress", pkix.RDNSequence{{atv(email, str(asn1.TagIA5String, "root@example.com"))}}, nil, ErrDenied, `emailAddress="root@example.com"`},
+		{"DC (dropped by Go's Name)", pkix.RDNSequence{{atv(dc, str(asn1.TagIA5String, "corp"))}}, nil, ErrDenied, `DC="corp"`},
+		{"UID (dropped by Go's Name)", pkix.RDNSequence{{atv(uid, str(asn1.TagUTF8String, "0"))}}, nil, ErrDenied, `UID="0"`},
+		{"serialNumber", pkix.RDNSequence{{atv(serial, "1")}}, nil, ErrDenied, "serialNumber"},
+		{"an unknown attribute type", pkix.RDNSequence{{atv(custom, "x")}}, nil, ErrDenied, "1.3.6.1.4.1.99999.7"},
+		{"multi-valued RDN: empty O next to CN", pkix.RDNSequence{{atv(o, ""), atv(cn, "admin")}}, nil, ErrDenied, `CN="admin"`},
+		{"valued attribute after empty ones", pkix.RDNSequence{{atv(o, "")}, {atv(o, "")}, {atv(dc, str(asn1.TagIA5String, "x"))}}, nil, ErrDenied, `DC="x"`},
+		{"T61String CN", pkix.RDNSequence{{atv(cn, str(asn1.TagT61String, "admin"))}}, nil, ErrDenied, `CN="admin"`},
+		{"BMPString CN", pkix.RDNSequence{{atv(cn, str(asn1.TagBMPString, "\x00a"))}}, nil, ErrDenied, "CN="},
+		{"UniversalString CN", pkix.RDNSequence{{atv(cn, str(28, "\x00\x00\x00a"))}}, nil, ErrDenied, "CN="},
+		{"a non-string value", pkix.RDNSequence{{atv(cn, asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSequence, IsCompound: true, Bytes: []byte{0x02, 0x01, 0x01}})}}, nil, ErrDenied, "CN=#"},
+		{"a single space", pkix.RDNSequence{{atv(cn, " ")}}, nil, ErrDenied, `CN=" "`},
+		{"an empty RDN set", nil, []byte{0x30, 0x02, 0x31, 0x00}, ErrInvalid, "RDN 0 is empty"},
+	}
+	p := newPolicy(t, nil)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := tc.raw
+			if raw == nil {
+				var err error
+				if raw, err = asn1.Marshal(tc.rdns); err != nil {
+					t.Fatal(err)
+				}
+			}
+			csr := csrPEM(t, ecKey, &x509.CertificateRequest{RawSubject: raw, URIs: uris(caller)})
+			d, err := p.Authorize(identity(), Request{CSRPEM: csr})
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("Authorize: %v", err)
+				}
+				if !bytes.Equal(d.Template.RawSubject, nil) || d.Template.Subject.String() != "" {
+					t.Fatalf("template subject %q, want empty", d.Template.Subject)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) || d != nil {
+				t.Fatalf("Authorize = %v; want %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("error %q does not mention %q", err, tc.mention)
+			}
+		})
+	}
+}
+
 func mustStruct(m map[string]any) *structpb.Struct {
 	s, err := structpb.NewStruct(m)
 	if err != nil {
@@ -234,11 +333,13 @@ func TestAuthorizeBuildsTemplateFromPolicyOnly(t *testing.T) {
 		{"agent style RSA", rsaKey, &x509.CertificateRequest{URIs: uris(caller)}},
 		{"no SAN at all", ecKey, &x509.CertificateRequest{}},
 		{"alias trust domain", ecKey, &x509.CertificateRequest{URIs: uris("spiffe://old.example/ns/shop/sa/cart")}},
-		{"subject and usages requested are ignored", ecKey, &x509.CertificateRequest{
-			Subject: pkix.Name{CommonName: "admin", Organization: []string{"root"}},
+		{"empty-valued subject and usages within policy are ignored", ecKey, &x509.CertificateRequest{
+			// The Istio agent's CSR carries an empty O.
+			Subject: pkix.Name{Organization: []string{""}},
 			URIs:    uris(caller),
 			ExtraExtensions: []pkix.Extension{
-				{Id: oidExtKeyUsage, Value: []byte{0x03, 0x02, 0x01, 0x06}}, // keyCertSign|cRLSign
+				{Id: oidExtKeyUsage, Value: []byte{0x03, 0x02, 0x05, 0xa0}}, // digitalSignature|keyEncipherment
+				ext(t, oidExtExtKeyUsage, []asn1.ObjectIdentifier{oidExtKeyUsageServer, oidExtKeyUsageClient}),
 				ext(t, oidExtBasicConstraints, struct {
 					IsCA bool `asn1:"optional"`
 				}{false}),
@@ -345,6 +446,8 @@ func FuzzAuthorize(f *testing.F) {
 	f.Add(csrPEM(f, ecKey, &x509.CertificateRequest{URIs: uris(caller)}), int64(3600), []byte(`{"CertSigner":""}`))
 	f.Add(csrPEM(f, ecKey, &x509.CertificateRequest{DNSNames: []string{"x"}}), int64(-1), []byte(`{"ImpersonatedIdentity":"x"}`))
 	f.Add("-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n", int64(0), []byte(`{}`))
+	f.Add(csrPEM(f, ecKey, &x509.CertificateRequest{Subject: pkix.Name{Organization: []string{""}}, URIs: uris(caller)}), int64(0), []byte(`{}`))
+	f.Add(csrPEM(f, ecKey, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "admin"}, URIs: uris(caller)}), int64(0), []byte(`{}`))
 	p := newPolicy(f, nil)
 	id := identity()
 	f.Fuzz(func(t *testing.T, csr string, validity int64, mdJSON []byte) {
@@ -360,6 +463,9 @@ func FuzzAuthorize(f *testing.F) {
 			return
 		}
 		// Whatever got through must name exactly the caller and nothing else.
+		if valued, _ := dn.Valued(d.CSR.RawSubject); len(valued) != 0 || d.Template.Subject.String() != "" {
+			t.Fatalf("approved a CSR whose subject says %s", dn.Describe(valued))
+		}
 		if len(d.Template.URIs) != 1 || d.Template.URIs[0].String() != caller || d.Template.IsCA ||
 			len(d.Template.DNSNames) != 0 || d.Template.NotAfter.Sub(d.Template.NotBefore) > 24*time.Hour+time.Minute {
 			t.Fatalf("approved template exceeds policy: %+v", d.Template)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/issuance"
 	"github.com/meshca/broker/policy"
 )
 
@@ -46,8 +47,9 @@ func (a *audit) decision(d *policy.Decision) {
 	a.signAt = time.Now()
 }
 
-func (a *audit) signed(err error) {
+func (a *audit) signed(outcome issuance.Outcome, err error) {
 	d := time.Since(a.signAt)
+	a.log = a.log.With("signing", string(outcome))
 	result := "ok"
 	if err != nil {
 		result = "error"

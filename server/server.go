@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshca/broker/authn"
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/issuance"
 	"github.com/meshca/broker/policy"
 	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
 	"github.com/meshca/broker/trust"
@@ -32,10 +33,15 @@ type Config struct {
 	Policy        *policy.Policy
 	Signer        backends.Signer
 	Anchors       *trust.Anchors
-	// SignTimeout bounds one backend signing call, retries included.
+	// SignTimeout bounds how long a request waits for its backend
+	// signing, retries included. A signing that takes longer goes on for
+	// the agent's retry of the same request to collect (Issuance).
 	SignTimeout time.Duration
-	Logger      *slog.Logger
-	Metrics     *Metrics
+	// Issuance shares one signing between an agent's retries of the same
+	// request; nil builds one with its defaults around Signer.
+	Issuance *issuance.Cache
+	Logger   *slog.Logger
+	Metrics  *Metrics
 }
 
 // Server implements IstioCertificateService.
@@ -57,6 +63,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.Issuance == nil {
+		cfg.Issuance = issuance.New(cfg.Signer, issuance.Config{SignTimeout: max(time.Minute, cfg.SignTimeout)})
 	}
 	return &Server{cfg: cfg}, nil
 }
@@ -83,12 +92,12 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 	}
 	a.decision(decision)
 
-	// 3. Sign: the backend issues it.
-	signReq := &backends.Request{CSR: decision.CSR, Template: decision.Template}
+	// 3. Sign: the backend issues it, once for this request and its
+	// retries; signReq is the request it was issued for.
 	signCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	issued, err := s.cfg.Signer.Sign(signCtx, signReq)
+	signReq, issued, outcome, err := s.cfg.Issuance.Sign(signCtx, &backends.Request{CSR: decision.CSR, Template: decision.Template})
 	cancel()
-	a.signed(err)
+	a.signed(outcome, err)
 	if err != nil {
 		return nil, a.refuse(backendStatus(ctx, err))
 	}
@@ -156,6 +165,7 @@ func backendStatus(ctx context.Context, err error) error {
 		return status.FromContextError(ctx.Err()).Err()
 	case errors.Is(err, context.DeadlineExceeded):
 		// Our own sign timeout, not the caller's: the backend is too slow.
+		// The signing goes on, and the agent's retry collects it.
 		return status.Error(codes.Unavailable, fmt.Sprintf("certificate authority did not answer in time: %v", err))
 	}
 	return status.Error(codes.Internal, fmt.Sprintf("signing failed: %v", err))

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/csrgen"
 	"github.com/meshca/broker/policy"
 	"github.com/meshca/broker/trust"
 	"github.com/meshca/broker/verify"
@@ -65,7 +66,8 @@ func (r *Rotator) Issue(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("servingcert: generating key: %w", err)
 	}
-	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: r.cfg.DNSNames}, key)
+	// A critical SAN with the empty subject, or a strict PKI refuses it.
+	csrDER, err := csrgen.New(key, csrgen.Names{DNSNames: r.cfg.DNSNames})
 	if err != nil {
 		return fmt.Errorf("servingcert: creating CSR: %w", err)
 	}

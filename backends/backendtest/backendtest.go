@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/csrgen"
 	"github.com/meshca/broker/dn"
 	"github.com/meshca/broker/verify"
 )
@@ -47,7 +48,7 @@ func NewRequestForKey(t testing.TB, key crypto.Signer, spiffeID string, ttl time
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	der, err := csrgen.New(key, csrgen.Names{URIs: []*url.URL{u}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +220,11 @@ func NewRequestWithSubject(t testing.TB, spiffeID string, raw []byte, ttl time.D
 	}
 	req := NewRequestForKey(t, key, spiffeID, ttl)
 	u := req.Template.URIs[0]
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{RawSubject: raw, URIs: []*url.URL{u}}, key)
+	san, err := csrgen.SANExtension(csrgen.Names{URIs: []*url.URL{u}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{RawSubject: raw, ExtraExtensions: []pkix.Extension{san}}, key)
 	if err != nil {
 		t.Fatal(err)
 	}

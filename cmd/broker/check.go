@@ -49,15 +49,21 @@ against the trust anchors: prove a backend before pointing a mesh at it.`,
 }
 
 func runCheck(ctx context.Context, out io.Writer, cfg *config.Config, namespace, sa string) error {
-	fmt.Fprintf(out, "configuration: valid (backend %s, trust domain %s)\n", cfg.Backend.Type, cfg.TrustDomain)
+	// The whole configuration is checked before it is called valid: the
+	// policy, and the backend section, which only the backend can judge.
+	pol, err := policy.New(cfg.PolicyConfig())
+	if err != nil {
+		return fmt.Errorf("configuration: policy: %w", err)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	signer, err := backends.New(ctx, cfg.Backend.Type, backends.Options{Config: cfg.Backend.Settings, DataDir: cfg.DataDir, Logger: log})
 	if err != nil {
-		return err
+		return fmt.Errorf("configuration: backend %s: %w", cfg.Backend.Type, err)
 	}
 	if c, ok := signer.(io.Closer); ok {
 		defer c.Close()
 	}
+	fmt.Fprintf(out, "configuration: valid (backend %s, trust domain %s)\n", cfg.Backend.Type, cfg.TrustDomain)
 	anchors, err := signer.TrustAnchors(ctx)
 	if err != nil {
 		return fmt.Errorf("reading trust anchors: %w", err)
@@ -75,10 +81,6 @@ func runCheck(ctx context.Context, out io.Writer, cfg *config.Config, namespace,
 		return err
 	}
 	csrPEM, err := caclient.CSR(key, id.String())
-	if err != nil {
-		return err
-	}
-	pol, err := policy.New(cfg.PolicyConfig())
 	if err != nil {
 		return err
 	}

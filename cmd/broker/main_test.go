@@ -57,6 +57,31 @@ func TestCheckMakesATestIssuance(t *testing.T) {
 	}
 }
 
+// TestCheckDoesNotCallABadBackendSectionValid: an error only the backend
+// can see (a missing required key, a bad value) fails check before it
+// prints "configuration: valid".
+func TestCheckDoesNotCallABadBackendSectionValid(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ name, backend, mention string }{
+		{"vault without a role", "  type: vault\n  vault:\n    address: http://127.0.0.1:1\n    auth:\n      method: token\n      token: {token: x}\n", "role"},
+		{"local CA with a half key pair", "  type: local\n  local:\n    caCertsDir: " + dir + "/nonexistent\n", "nonexistent"},
+		{"awspca without a CA ARN", "  type: awspca\n  awspca:\n    region: us-east-1\n", "caArn"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := filepath.Join(dir, "c.yaml")
+			os.WriteFile(cfg, []byte("dataDir: "+dir+"\nbackend:\n"+tc.backend), 0o600)
+			out, err := run(t, "check", "--config", cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("err = %v, want it to name %q", err, tc.mention)
+			}
+			if strings.Contains(out, "configuration: valid") {
+				t.Fatalf("check called the configuration valid:\n%s", out)
+			}
+		})
+	}
+}
+
 func TestBadConfigurationNamesTheKey(t *testing.T) {
 	dir := t.TempDir()
 	cases := []struct{ yaml, mention string }{

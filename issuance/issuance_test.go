@@ -1,0 +1,180 @@
+package issuance
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/backends/backendtest"
+)
+
+// slowSigner signs after delay, counting calls; it returns a distinct
+// fake leaf per call so tests can tell issuances apart.
+type slowSigner struct {
+	delay time.Duration
+	calls atomic.Int32
+	fail  atomic.Bool
+}
+
+func (s *slowSigner) Sign(ctx context.Context, req *backends.Request) ([]*x509.Certificate, error) {
+	n := s.calls.Add(1)
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if s.fail.Load() {
+		return nil, errors.New("pki: " + backends.ErrUnavailable.Error())
+	}
+	return []*x509.Certificate{{SerialNumber: nil, Raw: []byte{byte(n)}, NotBefore: req.Template.NotBefore}}, nil
+}
+
+func (s *slowSigner) TrustAnchors(context.Context) ([]*x509.Certificate, error) { return nil, nil }
+
+const workload = "spiffe://cluster.local/ns/shop/sa/cart"
+
+// retryOf is the same request approved again a little later: same CSR,
+// same lifetime, later NotBefore and NotAfter.
+func retryOf(req *backends.Request, later time.Duration) *backends.Request {
+	t := *req.Template
+	t.NotBefore, t.NotAfter = t.NotBefore.Add(later), t.NotAfter.Add(later)
+	return &backends.Request{CSR: req.CSR, Template: &t}
+}
+
+func TestRetryJoinsTheSigningStillUnderWay(t *testing.T) {
+	signer := &slowSigner{delay: 300 * time.Millisecond}
+	c := New(signer, Config{})
+	first, _ := backendtest.NewRequest(t, workload, time.Hour)
+
+	// The first attempt gives up before the PKI answers, as the agent's
+	// request does when the PKI is slower than the sign timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_, _, outcome, err := c.Sign(ctx, first)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || outcome != Issued {
+		t.Fatalf("first attempt: outcome %s, err %v; want issued and a deadline error", outcome, err)
+	}
+	// The retry joins it and gets its certificate, for the first template.
+	retry := retryOf(first, 2*time.Second)
+	got, chain, outcome, err := c.Sign(context.Background(), retry)
+	if err != nil || outcome != Joined {
+		t.Fatalf("retry: outcome %s, err %v; want joined", outcome, err)
+	}
+	if got != first || chain[0].Raw[0] != 1 {
+		t.Fatalf("retry got request %p chain %v; want the first request's and certificate 1", got, chain[0].Raw)
+	}
+	// A later retry is served from the finished signing.
+	_, chain, outcome, err = c.Sign(context.Background(), retryOf(first, 3*time.Second))
+	if err != nil || outcome != Reused || chain[0].Raw[0] != 1 {
+		t.Fatalf("second retry: outcome %s, err %v", outcome, err)
+	}
+	if n := signer.calls.Load(); n != 1 {
+		t.Fatalf("the PKI was asked %d times, want 1", n)
+	}
+}
+
+func TestConcurrentIdenticalRequestsShareOneSigning(t *testing.T) {
+	signer := &slowSigner{delay: 100 * time.Millisecond}
+	c := New(signer, Config{})
+	req, _ := backendtest.NewRequest(t, workload, time.Hour)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, _, _, err := c.Sign(context.Background(), retryOf(req, time.Duration(i)*time.Millisecond)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := signer.calls.Load(); n != 1 {
+		t.Fatalf("the PKI was asked %d times, want 1", n)
+	}
+}
+
+func TestDifferentRequestsAreSignedApart(t *testing.T) {
+	req, _ := backendtest.NewRequest(t, workload, time.Hour)
+	otherID := func() *backends.Request {
+		r := retryOf(req, 0)
+		r.Template.URIs = []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/shop/sa/admin"}}
+		return r
+	}
+	otherCSR, _ := backendtest.NewRequest(t, workload, time.Hour)
+	otherLifetime := func() *backends.Request {
+		r := retryOf(req, 0)
+		r.Template.NotAfter = r.Template.NotAfter.Add(time.Hour)
+		return r
+	}
+	cases := []struct {
+		name  string
+		other *backends.Request
+	}{
+		{"another identity with the same CSR", otherID()},
+		{"another CSR (key) for the same identity", otherCSR},
+		{"another lifetime", otherLifetime()},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			signer := &slowSigner{}
+			c := New(signer, Config{})
+			_, a, _, err := c.Sign(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, b, outcome, err := c.Sign(context.Background(), tc.other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if outcome != Issued || got != tc.other || a[0].Raw[0] == b[0].Raw[0] || signer.calls.Load() != 2 {
+				t.Fatalf("outcome %s, calls %d: a different request shared a certificate", outcome, signer.calls.Load())
+			}
+		})
+	}
+}
+
+func TestFailuresAreNotRemembered(t *testing.T) {
+	signer := &slowSigner{}
+	signer.fail.Store(true)
+	c := New(signer, Config{})
+	req, _ := backendtest.NewRequest(t, workload, time.Hour)
+	if _, _, _, err := c.Sign(context.Background(), req); err == nil {
+		t.Fatal("want the PKI's failure")
+	}
+	signer.fail.Store(false)
+	_, _, outcome, err := c.Sign(context.Background(), retryOf(req, time.Second))
+	if err != nil || outcome != Issued || signer.calls.Load() != 2 {
+		t.Fatalf("retry after a failure: outcome %s err %v calls %d; want a new signing", outcome, err, signer.calls.Load())
+	}
+}
+
+func TestWindowAndSizeBound(t *testing.T) {
+	signer := &slowSigner{}
+	c := New(signer, Config{Window: time.Minute, MaxEntries: 3})
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	c.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	req, _ := backendtest.NewRequest(t, workload, time.Hour)
+	if _, _, _, err := c.Sign(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(int64(2 * time.Minute))
+	if _, _, outcome, _ := c.Sign(context.Background(), retryOf(req, 2*time.Minute)); outcome != Issued {
+		t.Fatalf("after the window: outcome %s, want a new signing", outcome)
+	}
+	for range 10 {
+		other, _ := backendtest.NewRequest(t, workload, time.Hour)
+		if _, _, _, err := c.Sign(context.Background(), other); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := c.Len(); n > 3 {
+		t.Fatalf("%d entries kept, bound is 3", n)
+	}
+}
