@@ -55,33 +55,49 @@ func backendCases() []backendCase {
 			})}
 		}},
 		{"awspca", func(t testing.TB) config.Backend {
-			f, err := fakepca.Start(fakepca.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { f.Close() })
-			t.Setenv("AWS_ACCESS_KEY_ID", fakepca.DefaultAccessKeyID)
-			t.Setenv("AWS_SECRET_ACCESS_KEY", fakepca.DefaultSecretAccessKey)
-			t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-			return config.Backend{Type: "awspca", Settings: backendSettings(t, map[string]any{
-				"caArn":        f.CAArn,
-				"endpoint":     f.URL,
-				"pollInterval": "20ms",
-			})}
+			_, backend := startAWSFake(t, fakepca.Options{StrictEmptySubject: true})
+			return backend
 		}},
 		{"gcpcas", func(t testing.TB) config.Backend {
-			f, err := fakecas.Start(fakecas.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { f.Close() })
-			return config.Backend{Type: "gcpcas", Settings: backendSettings(t, map[string]any{
-				"caPool":   f.PoolName,
-				"endpoint": f.Addr,
-				"insecure": true,
-			})}
+			_, backend := startCASFake(t, fakecas.Options{})
+			return backend
 		}},
 	}
+}
+
+// startAWSFake starts the AWS Private CA fake and returns it with the
+// broker's backend configuration for it.
+func startAWSFake(t testing.TB, opts fakepca.Options) (*fakepca.Server, config.Backend) {
+	t.Helper()
+	f, err := fakepca.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	t.Setenv("AWS_ACCESS_KEY_ID", fakepca.DefaultAccessKeyID)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", fakepca.DefaultSecretAccessKey)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	return f, config.Backend{Type: "awspca", Settings: backendSettings(t, map[string]any{
+		"caArn":        f.CAArn,
+		"endpoint":     f.URL,
+		"pollInterval": "20ms",
+	})}
+}
+
+// startCASFake starts the Google CAS fake and returns it with the broker's
+// backend configuration for it.
+func startCASFake(t testing.TB, opts fakecas.Options) (*fakecas.Server, config.Backend) {
+	t.Helper()
+	f, err := fakecas.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, config.Backend{Type: "gcpcas", Settings: backendSettings(t, map[string]any{
+		"caPool":   f.PoolName,
+		"endpoint": f.Addr,
+		"insecure": true,
+	})}
 }
 
 // TestIstioAgentThroughEachBackend: the real Istio agent, authenticated
