@@ -314,6 +314,31 @@ func TestAuthorizeRefusesAnySubject(t *testing.T) {
 	}
 }
 
+// TestAuthorizeRefusesEveryAttributeType: each attribute type X.520 and
+// PKCS #9 name (and one nobody does), with a value, is refused by name.
+func TestAuthorizeRefusesEveryAttributeType(t *testing.T) {
+	p := newPolicy(t, nil)
+	types := []asn1.ObjectIdentifier{
+		{2, 5, 4, 3}, {2, 5, 4, 4}, {2, 5, 4, 5}, {2, 5, 4, 6}, {2, 5, 4, 7}, {2, 5, 4, 8}, {2, 5, 4, 9},
+		{2, 5, 4, 10}, {2, 5, 4, 11}, {2, 5, 4, 12}, {2, 5, 4, 17}, {2, 5, 4, 42}, {2, 5, 4, 43}, {2, 5, 4, 44},
+		{2, 5, 4, 46}, {2, 5, 4, 65}, {1, 2, 840, 113549, 1, 9, 1}, {1, 2, 840, 113549, 1, 9, 2},
+		{0, 9, 2342, 19200300, 100, 1, 1}, {0, 9, 2342, 19200300, 100, 1, 25}, {1, 3, 6, 1, 4, 1, 311, 60, 2, 1, 3},
+		{1, 3, 6, 1, 4, 1, 99999, 1},
+	}
+	for _, typ := range types {
+		t.Run(dn.TypeName(typ), func(t *testing.T) {
+			raw, err := asn1.Marshal(pkix.RDNSequence{{{Type: typ, Value: "x"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = p.Authorize(identity(), Request{CSRPEM: csrPEM(t, ecKey, &x509.CertificateRequest{RawSubject: raw, URIs: uris(caller)})})
+			if !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), dn.TypeName(typ)+`="x"`) {
+				t.Fatalf("Authorize = %v; want ErrDenied naming %s", err, dn.TypeName(typ))
+			}
+		})
+	}
+}
+
 func mustStruct(m map[string]any) *structpb.Struct {
 	s, err := structpb.NewStruct(m)
 	if err != nil {
