@@ -9,10 +9,20 @@
 // critical, as RFC 5280 requires. The broker cannot rewrite a CSR (it does
 // not hold the workload's key), so it sends it unchanged and relies on
 // ApiPassthrough for everything the certificate says: the subject comes
-// from the approved template (empty for SPIFFE identities), the SANs from
-// the template's URIs and DNS names, never from the CSR. Should Private CA
-// still refuse the CSR, the refusal reaches the workload as
-// FailedPrecondition with AWS's message and a hint naming the cause.
+// from the approved template, the SANs from the template's URIs and DNS
+// names, never from the CSR. Should Private CA still refuse the CSR, the
+// refusal reaches the workload as FailedPrecondition with AWS's message and
+// a hint naming the CSR.
+//
+// The subject is the one thing ApiPassthrough cannot say: the
+// *APIPassthrough templates take it "from API or CSR", and an empty subject
+// cannot be sent, so with none in ApiPassthrough Private CA copies the
+// CSR's. The approved subject of a SPIFFE certificate is empty; a CSR whose
+// subject carries any attribute with a value (judged on the raw DER, every
+// attribute type) is therefore refused here, before any call to Private CA,
+// even though policy refuses it first. An empty-valued attribute, such as
+// the "O=" of the Istio agent's CSRs, says nothing and passes; Private CA
+// copies it as it is.
 package awspca
 
 import (
@@ -38,6 +48,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/dn"
 )
 
 // Type is the backend's name in the configuration.
@@ -80,7 +91,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Signer{cfg: cfg, log: log.With("backend", Type, "ca", cfg.CAArn), alg: types.SigningAlgorithm(cfg.SigningAlgorithm)}
+	s := &Signer{
+		cfg: cfg,
+		log: log.With("backend", Type, "ca", cfg.CAArn),
+		alg: types.SigningAlgorithm(cfg.SigningAlgorithm),
+		// One retry budget for every call this signer makes to its CA:
+		// under sustained throttling or an outage the CA sees about one
+		// call per request, not one per attempt.
+		retry: backends.NewRetryPolicy(),
+	}
 	if cfg.TrustAnchorsFile != "" {
 		anchors, err := backends.ReadCertificates(cfg.TrustAnchorsFile)
 		if err != nil {
@@ -166,6 +185,11 @@ func (s *Signer) Sign(ctx context.Context, req *backends.Request) ([]*x509.Certi
 	if req == nil || req.CSR == nil || req.Template == nil {
 		return nil, fmt.Errorf("awspca: %w: incomplete request", backends.ErrRefused)
 	}
+	// Before any call to the CA: a request Private CA would turn into a
+	// certificate with a subject nobody approved is not sent at all.
+	if err := checkSubject(req); err != nil {
+		return nil, err
+	}
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	alg, err := s.signingAlgorithm(ctx)
@@ -189,9 +213,48 @@ func (s *Signer) Sign(ctx context.Context, req *backends.Request) ([]*x509.Certi
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, explainCSRRefusal(err, req)
 	}
 	return s.waitIssued(ctx, certArn)
+}
+
+// approvedSubject is the template's subject as DER: RawSubject when the
+// template has one, else its parsed Subject encoded.
+func approvedSubject(t *x509.Certificate) ([]byte, error) {
+	if len(t.RawSubject) > 0 {
+		return t.RawSubject, nil
+	}
+	return asn1.Marshal(t.Subject.ToRDNSequence())
+}
+
+// checkSubject refuses a request whose approved subject is empty while its
+// CSR's subject says something: ApiPassthrough cannot carry an empty
+// subject, so the templates would take the CSR's ("from API or CSR").
+// Both are judged on the raw DER, so attribute types crypto/x509's parsed
+// Name drops (emailAddress, DC, UID, ...) count too.
+func checkSubject(req *backends.Request) error {
+	approved, err := approvedSubject(req.Template)
+	if err != nil {
+		return fmt.Errorf("awspca: %w: approved subject does not encode: %v", backends.ErrRefused, err)
+	}
+	want, err := dn.Valued(approved)
+	if err != nil {
+		return fmt.Errorf("awspca: %w: approved subject: %v", backends.ErrRefused, err)
+	}
+	if len(want) > 0 {
+		// Sent in ApiPassthrough, which wins over the CSR's.
+		return nil
+	}
+	got, err := dn.Valued(req.CSR.RawSubject)
+	if err != nil {
+		return fmt.Errorf("awspca: %w: the CSR's subject cannot be read (%v), and Private CA would copy it into the certificate", backends.ErrRefused, err)
+	}
+	if len(got) > 0 {
+		return fmt.Errorf("awspca: %w: the CSR's subject carries [%s] and the approved subject is empty; "+
+			"ApiPassthrough cannot express an empty subject, so Private CA would copy these attributes from the CSR into the certificate: "+
+			"the CSR must have an empty subject (or only empty-valued attributes)", backends.ErrRefused, dn.Describe(got))
+	}
+	return nil
 }
 
 // bound applies the configured timeout unless the caller's deadline is
@@ -382,17 +445,18 @@ func passthrough(t *x509.Certificate) (*types.ApiPassthrough, error) {
 }
 
 // subject renders the template's subject as custom attributes, which carry
-// any attribute in its order; nil for an empty subject, so the certificate
-// gets an empty one (with a critical SAN) rather than one Private CA makes
-// up.
+// any attribute in its order; empty-valued attributes, which say nothing,
+// are left out. nil for a subject without a valued attribute: Private CA
+// then takes the CSR's subject, which checkSubject has made sure says
+// nothing either.
 func subject(t *x509.Certificate) (*types.ASN1Subject, error) {
+	raw, err := approvedSubject(t)
+	if err != nil {
+		return nil, fmt.Errorf("template subject: %w", err)
+	}
 	var rdns pkix.RDNSequence
-	if len(t.RawSubject) > 0 {
-		if _, err := asn1.Unmarshal(t.RawSubject, &rdns); err != nil {
-			return nil, fmt.Errorf("template subject: %w", err)
-		}
-	} else {
-		rdns = t.Subject.ToRDNSequence()
+	if rest, err := asn1.Unmarshal(raw, &rdns); err != nil || len(rest) > 0 {
+		return nil, fmt.Errorf("template subject: not a DER name (%v)", err)
 	}
 	var attrs []types.CustomAttribute
 	for _, rdn := range rdns {
@@ -400,6 +464,9 @@ func subject(t *x509.Certificate) (*types.ASN1Subject, error) {
 			v, ok := a.Value.(string)
 			if !ok {
 				return nil, fmt.Errorf("template subject attribute %s is not a string", a.Type)
+			}
+			if v == "" {
+				continue
 			}
 			attrs = append(attrs, types.CustomAttribute{ObjectIdentifier: aws.String(a.Type.String()), Value: aws.String(v)})
 		}

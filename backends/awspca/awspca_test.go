@@ -3,6 +3,7 @@ package awspca
 import (
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"net/http"
 	"net/url"
@@ -110,7 +111,10 @@ func TestClassify(t *testing.T) {
 		want error
 	}{
 		{"throttling", responseError(400, api("ThrottlingException")), backends.ErrThrottled},
-		{"limit exceeded", responseError(400, &types.LimitExceededException{Message: aws.String("quota")}), backends.ErrThrottled},
+		{"limit exceeded is a hard quota", responseError(400, &types.LimitExceededException{Message: aws.String("quota")}), backends.ErrRefused},
+		{"service quota exceeded", responseError(400, api("ServiceQuotaExceededException")), backends.ErrRefused},
+		{"quota exceeded", responseError(400, api("QuotaExceededException")), backends.ErrRefused},
+		{"EC2-style request limit is a rate", responseError(400, api("RequestLimitExceeded")), backends.ErrThrottled},
 		{"429 unknown code", responseError(429, api("Whatever")), backends.ErrThrottled},
 		{"503", responseError(503, api("ServiceUnavailableException")), backends.ErrUnavailable},
 		{"500 unknown code", responseError(500, api("Boom")), backends.ErrUnavailable},
@@ -138,6 +142,114 @@ func TestClassify(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.err.Error()) {
 				t.Errorf("%q lost the cause %q", err, tt.err)
+			}
+			if quota := strings.Contains(tt.name, "quota"); quota != strings.Contains(err.Error(), "retrying will not help") {
+				t.Errorf("%q: says whether retrying helps wrongly for %s", err, tt.name)
+			}
+		})
+	}
+}
+
+func TestSANCriticalHintNamesTheCSR(t *testing.T) {
+	refusal := classify("issuing the certificate", &smithy.OperationError{ServiceID: "ACM PCA", OperationName: "IssueCertificate",
+		Err: responseError(400, &types.MalformedCSRException{Message: aws.String("CSR must mark the SAN extension critical when it has an empty subject.")})})
+	if strings.Contains(refusal.Error(), "workload") {
+		t.Errorf("classify blames the workload without knowing the request: %q", refusal)
+	}
+	workload := template(t)
+	serving := &x509.Certificate{DNSNames: []string{"istiod.istio-system.svc", "meshca-broker.istio-system.svc"}}
+	tests := []struct {
+		name string
+		tmpl *x509.Certificate
+		want []string
+		not  []string
+	}{
+		{"workload", workload, []string{"spiffe://td/ns/a/sa/b", "ztunnel", "RFC 5280"}, []string{"serving certificate"}},
+		{"serving certificate", serving, []string{"broker's own CSR", "istiod.istio-system.svc, meshca-broker.istio-system.svc", "RFC 5280"}, []string{"ztunnel", "workload"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := explainCSRRefusal(refusal, &backends.Request{Template: tt.tmpl})
+			if !errors.Is(err, backends.ErrRefused) {
+				t.Fatalf("kind lost: %v", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%q does not say %q", err, w)
+				}
+			}
+			for _, w := range tt.not {
+				if strings.Contains(err.Error(), w) {
+					t.Errorf("%q says %q", err, w)
+				}
+			}
+		})
+	}
+	other := classify("issuing the certificate", responseError(400, &types.InvalidArgsException{Message: aws.String("bad")}))
+	if got := explainCSRRefusal(other, &backends.Request{Template: workload}); got != other {
+		t.Errorf("another refusal was changed: %v", got)
+	}
+}
+
+func TestCheckSubject(t *testing.T) {
+	der := func(rdns pkix.RDNSequence) []byte {
+		b, err := asn1.Marshal(rdns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	atv := func(oid asn1.ObjectIdentifier, v any) pkix.AttributeTypeAndValue {
+		return pkix.AttributeTypeAndValue{Type: oid, Value: v}
+	}
+	var (
+		cn = asn1.ObjectIdentifier{2, 5, 4, 3}
+		o  = asn1.ObjectIdentifier{2, 5, 4, 10}
+		dc = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 25}
+	)
+	ia5 := func(s string) asn1.RawValue {
+		return asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagIA5String, Bytes: []byte(s)}
+	}
+	tests := []struct {
+		name       string
+		csrSubject []byte
+		tmplRaw    []byte
+		tmplName   pkix.Name
+		refuse     []string // words the refusal says; nil: accepted
+	}{
+		{name: "empty CSR subject", csrSubject: der(nil)},
+		{name: "absent CSR subject", csrSubject: nil},
+		{name: "Istio agent's O=", csrSubject: der(pkix.RDNSequence{{atv(o, "")}})},
+		{name: "CN=admin,O=system:masters", csrSubject: der(pkix.RDNSequence{{atv(o, "system:masters")}, {atv(cn, "admin")}}),
+			refuse: []string{`O="system:masters"`, `CN="admin"`, "copy"}},
+		{name: "DC, which pkix.Name drops", csrSubject: der(pkix.RDNSequence{{atv(dc, ia5("corp"))}}), refuse: []string{`DC="corp"`}},
+		{name: "empty O next to CN in one RDN", csrSubject: der(pkix.RDNSequence{{atv(o, ""), atv(cn, "admin")}}), refuse: []string{`CN="admin"`}},
+		{name: "malformed CSR subject", csrSubject: []byte{0x30, 0x03, 0x31, 0x00, 0x00}, refuse: []string{"cannot be read"}},
+		{name: "template with only an empty O is empty", csrSubject: der(pkix.RDNSequence{{atv(cn, "admin")}}),
+			tmplRaw: der(pkix.RDNSequence{{atv(o, "")}}), refuse: []string{`CN="admin"`}},
+		{name: "template subject goes in ApiPassthrough and wins", csrSubject: der(pkix.RDNSequence{{atv(cn, "admin")}}),
+			tmplName: pkix.Name{CommonName: "b.a"}},
+		{name: "raw template subject", csrSubject: der(pkix.RDNSequence{{atv(cn, "admin")}}),
+			tmplRaw: der(pkix.RDNSequence{{atv(cn, "b.a")}})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tmpl := template(t)
+			tmpl.RawSubject, tmpl.Subject = tt.tmplRaw, tt.tmplName
+			err := checkSubject(&backends.Request{CSR: &x509.CertificateRequest{RawSubject: tt.csrSubject}, Template: tmpl})
+			if tt.refuse == nil {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, backends.ErrRefused) {
+				t.Fatalf("err = %v, want ErrRefused", err)
+			}
+			for _, w := range tt.refuse {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%q does not say %q", err, w)
+				}
 			}
 		})
 	}
@@ -186,6 +298,12 @@ func TestPassthrough(t *testing.T) {
 	}
 	if want := "2.5.4.10=mesh,2.5.4.3=b.a"; strings.Join(got, ",") != want {
 		t.Errorf("subject attributes %v, want %s", got, want)
+	}
+
+	// Empty-valued attributes say nothing and are not sent.
+	tmpl.Subject = pkix.Name{Organization: []string{""}}
+	if pt, err = passthrough(tmpl); err != nil || pt.Subject != nil {
+		t.Errorf("subject O= became %+v, %v; want none", pt.Subject, err)
 	}
 
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageIPSECUser}

@@ -1,6 +1,7 @@
 package awspca
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,7 +14,7 @@ import (
 
 // Error codes that mean "slow down". Private CA itself answers
 // ThrottlingException (not a modelled shape, so it arrives as a generic API
-// error) and LimitExceededException (a quota); the rest are what AWS front
+// error) when a per-operation rate is exceeded; the rest are what AWS front
 // ends use generally.
 var throttleCodes = map[string]bool{
 	"ThrottlingException":                    true,
@@ -22,9 +23,19 @@ var throttleCodes = map[string]bool{
 	"RequestThrottledException":              true,
 	"TooManyRequestsException":               true,
 	"RequestLimitExceeded":                   true,
-	"LimitExceededException":                 true,
 	"ProvisionedThroughputExceededException": true,
 	"SlowDown":                               true,
+}
+
+// Error codes of a hard quota: Private CA's LimitExceededException (e.g.
+// the number of certificates a CA may issue) and the names other AWS
+// services give the same thing. It does not clear by waiting a moment, so
+// it is a refusal (FailedPrecondition), not throttling: retrying, by the
+// broker or by the agent, would only add calls.
+var quotaCodes = map[string]bool{
+	"LimitExceededException":        true,
+	"ServiceQuotaExceededException": true,
+	"QuotaExceededException":        true,
 }
 
 // Error codes of a service-side failure worth retrying.
@@ -45,12 +56,39 @@ var unavailableCodes = map[string]bool{
 // code and message in the text.
 func classify(doing string, err error) error {
 	kind := kindOf(err)
-	if kind == backends.ErrRefused && strings.Contains(err.Error(), "SAN extension critical") {
-		// The workload's CSR, not the broker, is what Private CA objects
-		// to; say which clients produce such CSRs so the operator can act.
-		return fmt.Errorf("awspca: %s: %w: %w (the workload's CSR has an empty subject and a non-critical subjectAltName; Private CA requires the SAN extension to be critical then, as RFC 5280 says: Istio sidecars mark it so, older ztunnel builds do not)", doing, kind, err)
+	if code := errorCode(err); quotaCodes[code] {
+		return fmt.Errorf("awspca: %s: %w: %w (%s is a hard quota of the Private CA account; retrying will not help: "+
+			"see AWS's message for which quota, and raise it in Service Quotas or use another CA)", doing, kind, err, code)
 	}
 	return fmt.Errorf("awspca: %s: %w: %w", doing, kind, err)
+}
+
+// explainCSRRefusal adds to Private CA's refusal of a CSR with an empty
+// subject and a non-critical subjectAltName extension which CSR it was:
+// the request's names say whose it is (a workload's SPIFFE ID, or the DNS
+// names of the broker's own serving certificate), and so who must change.
+func explainCSRRefusal(err error, req *backends.Request) error {
+	if !errors.Is(err, backends.ErrRefused) || !strings.Contains(err.Error(), "SAN extension critical") {
+		return err
+	}
+	return fmt.Errorf("%w (%s)", err, sanCriticalHint(req.Template))
+}
+
+func sanCriticalHint(t *x509.Certificate) string {
+	const rule = "has an empty subject and a non-critical subjectAltName extension; Private CA requires the extension to be critical then, as RFC 5280 does"
+	var uris []string
+	for _, u := range t.URIs {
+		uris = append(uris, u.String())
+	}
+	switch {
+	case len(uris) > 0:
+		return fmt.Sprintf("the CSR for %s %s; whatever made the CSR must mark it critical: Istio sidecars and the broker's `broker check` do, older ztunnel builds do not",
+			strings.Join(uris, ", "), rule)
+	case len(t.DNSNames) > 0:
+		return fmt.Sprintf("the broker's own CSR for its serving certificate (DNS names %s) %s; this broker build does not mark it so: upgrade the broker",
+			strings.Join(t.DNSNames, ", "), rule)
+	}
+	return "the CSR " + rule
 }
 
 func kindOf(err error) error {
@@ -58,6 +96,8 @@ func kindOf(err error) error {
 	if errors.As(err, &apiErr) {
 		code := apiErr.ErrorCode()
 		switch {
+		case quotaCodes[code]:
+			return backends.ErrRefused
 		case throttleCodes[code]:
 			return backends.ErrThrottled
 		case unavailableCodes[code]:

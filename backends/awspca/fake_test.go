@@ -226,16 +226,29 @@ func TestRefusals(t *testing.T) {
 
 	t.Run("empty subject, non-critical SAN", func(t *testing.T) {
 		// Go's x509.CreateCertificateRequest never marks the SAN critical:
-		// the shape of older ztunnel CSRs.
-		req, _ := backendtest.NewRequest(t, spiffeID, time.Hour)
-		_, err := sign(t, s, req, 5*time.Second)
-		if !errors.Is(err, backends.ErrRefused) {
-			t.Fatalf("err = %v, want ErrRefused", err)
+		// the shape of older ztunnel CSRs, and of the broker's own before
+		// they marked it. The hint names whose CSR it was.
+		tests := []struct {
+			name string
+			req  *backends.Request
+			want []string
+		}{
+			{"workload", nonCriticalSANRequest(t, []string{spiffeID}, nil), []string{spiffeID, "ztunnel"}},
+			{"serving certificate", nonCriticalSANRequest(t, nil, []string{"istiod.istio-system.svc", "meshca-broker.istio-system.svc"}),
+				[]string{"broker's own CSR", "istiod.istio-system.svc, meshca-broker.istio-system.svc"}},
 		}
-		for _, want := range []string{"MalformedCSRException", "CSR must mark the SAN extension critical when it has an empty subject", "ztunnel"} {
-			if !strings.Contains(err.Error(), want) {
-				t.Errorf("error %q does not say %q", err, want)
-			}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				_, err := sign(t, s, tt.req, 5*time.Second)
+				if !errors.Is(err, backends.ErrRefused) {
+					t.Fatalf("err = %v, want ErrRefused", err)
+				}
+				for _, want := range append([]string{"MalformedCSRException", "CSR must mark the SAN extension critical when it has an empty subject"}, tt.want...) {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q does not say %q", err, want)
+					}
+				}
+			})
 		}
 	})
 
@@ -243,6 +256,17 @@ func TestRefusals(t *testing.T) {
 		// Istio's agent sends subject "O=" and a critical SAN extension;
 		// Private CA accepts that even in strict mode.
 		req := istioStyleRequest(t)
+		chain, err := sign(t, s, req, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		backendtest.CheckIssued(t, s, req, chain)
+	})
+
+	t.Run("O= with a non-critical SAN", func(t *testing.T) {
+		// The fake's documented reading: a subject with an RDN, even an
+		// empty-valued one, is not empty for Private CA's SAN rule.
+		req := istioStyleRequestWith(t, time.Now().Add(time.Hour).Truncate(time.Second), false)
 		chain, err := sign(t, s, req, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -400,6 +424,13 @@ func istioStyleRequest(t *testing.T) *backends.Request {
 
 func istioStyleRequestFor(t *testing.T, notAfter time.Time) *backends.Request {
 	t.Helper()
+	return istioStyleRequestWith(t, notAfter, true)
+}
+
+// istioStyleRequestWith is istioStyleRequestFor with the SAN extension's
+// criticality chosen.
+func istioStyleRequestWith(t *testing.T, notAfter time.Time, critical bool) *backends.Request {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -411,7 +442,7 @@ func istioStyleRequestFor(t *testing.T, notAfter time.Time) *backends.Request {
 	}
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
 		Subject:         pkix.Name{Organization: []string{""}},
-		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Critical: true, Value: san}},
+		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Critical: critical, Value: san}},
 	}, key)
 	if err != nil {
 		t.Fatal(err)
@@ -424,6 +455,41 @@ func istioStyleRequestFor(t *testing.T, notAfter time.Time) *backends.Request {
 	req.CSR = csr
 	req.Template.URIs = []*url.URL{u}
 	req.Template.NotAfter = notAfter
+	return req
+}
+
+// nonCriticalSANRequest is an approved request whose CSR has an empty
+// subject and the names in a non-critical SAN extension, as
+// crypto/x509.CreateCertificateRequest makes it: with URIs a workload's,
+// with DNS names only the shape of the broker's serving certificate.
+func nonCriticalSANRequest(t *testing.T, uris, dnsNames []string) *backends.Request {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var us []*url.URL
+	for _, s := range uris {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, u)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: us, DNSNames: dnsNames}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := backendtest.NewRequestForKey(t, key, spiffeID, time.Hour)
+	req.CSR = csr
+	req.Template.URIs, req.Template.DNSNames = us, dnsNames
+	if len(us) == 0 {
+		req.Template.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	}
 	return req
 }
 

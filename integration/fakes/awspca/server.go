@@ -20,36 +20,71 @@
 //   - IssueCertificate's checks: CSR must be PEM, parse and carry a valid
 //     signature (MalformedCSRException); a CSR with an empty subject and a
 //     non-critical subjectAltName is refused with the message users report
-//     from the real service; SigningAlgorithm must match the CA key family;
-//     Validity (ABSOLUTE, END_DATE, DAYS, MONTHS, YEARS) must be in the
-//     future and within the CA's validity; ValidityNotBefore ABSOLUTE;
+//     from the real service (see "Empty subjects" below); SigningAlgorithm
+//     must match the CA key family; Validity (ABSOLUTE, END_DATE, DAYS,
+//     MONTHS, YEARS) must be in the future and within the CA's validity;
+//     ValidityNotBefore ABSOLUTE;
 //   - templates: the EndEntity*, EndEntityClientAuth*, EndEntityServerAuth*
 //     and BlankEndEntity* families; ApiPassthrough is honoured only by
 //     *APIPassthrough and *APICSRPassthrough templates, the template's own
-//     key usages win over passthrough ones, subject and SANs come from the
-//     passthrough when given there, else from the CSR;
+//     key usages win over passthrough ones, and subject and SANs come "from
+//     API or CSR": from the passthrough when given there, else copied from
+//     the CSR. The subject is copied as the CSR's raw DER, byte for byte:
+//     every RDN and attribute type (emailAddress, DC, UID, ...), multi-valued
+//     RDNs and whatever string types the CSR used, not what crypto/x509's
+//     parsed Name keeps;
 //   - IdempotencyToken: the same token on the same CA within five minutes
 //     returns the first call's CertificateArn without issuing again;
 //   - issuance is asynchronous: GetCertificate answers
-//     RequestInProgressException for the first N polls (SetInProgressPolls);
+//     RequestInProgressException for the first N polls (SetInProgressPolls)
+//     and until a set time after IssueCertificate (SetIssueLatency);
 //   - lost answers (DropAnswers: the work is done, the connection closed);
 //   - throttling (ThrottlingException "Rate exceeded") for the next K calls
-//     (Throttle), CA state (SetStatus: a non-ACTIVE CA refuses with
+//     (Throttle) or beyond a per-operation rate (SetRateLimit), as the real
+//     service's per-operation request rate quotas answer; a hard quota
+//     (LimitExceededException once a number of certificates is issued,
+//     SetHardQuota); CA state (SetStatus: a non-ACTIVE CA refuses with
 //     InvalidStateException), and an outage switch that either drops every
-//     connection or answers 503 ServiceUnavailable (SetOutage).
+//     connection or answers 503 ServiceUnavailable (SetOutage);
+//   - a misbehaving CA that puts a subject of its own into every leaf
+//     (SetInjectSubject), for testing that the broker's verification
+//     catches it.
+//
+// Every knob is safe to use while requests are in flight; Calls and
+// IssuedCount are exact under concurrency.
+//
+// # Empty subjects
+//
+// RFC 5280 wants a certificate whose subject is an empty sequence to carry
+// its names in a critical subjectAltName extension, and Private CA applies
+// that to the CSR: "CSR must mark the SAN extension critical when it has an
+// empty subject." (cert-manager/istio-csr #90 and #546, istio/istio #56191,
+// aws-privateca-issuer #6). "Empty" here is what RFC 5280 says: a Name with
+// no RDN at all. A subject holding only an empty-valued attribute, such as
+// the "O=" the Istio agent sends, has an RDN and is not empty for this rule,
+// whatever the SAN's criticality. Every reported refusal is of a CSR with no
+// RDN at all (ztunnel's, cert-manager's without a common name), and a
+// certificate issued for an Istio CSR has subject "O=" (istio-csr #168);
+// that an "O=" CSR with a non-critical SAN passes is the fake's reading, not
+// something AWS documents (Istio's own CSRs mark the SAN critical anyway).
+//
+// Whether the real service skips this check when ApiPassthrough supplies
+// the names is not documented either: by default the fake skips it then;
+// Options.StrictEmptySubject applies it to every CSR, whatever the template
+// and ApiPassthrough carry (names, a subject or nothing), the broker's own
+// CSRs included; it is the stricter reading, the one to test against.
 //
 // What it does not reproduce: IAM and resource policies (every known key
 // may do everything), cross-account sharing and RAM, CRL/OCSP and AIA
 // extensions, certificate policies and most custom extensions, the exact
-// wording of errors other than the empty-subject one, service quotas and
-// real latencies, audit reports, and any operation not listed above
-// (answered with UnknownOperationException). Whether the real service
-// skips the empty-subject check when ApiPassthrough supplies the names is
-// not documented: by default the fake skips it then, StrictEmptySubject
-// makes it refuse regardless.
+// wording of errors other than the empty-subject one and "Rate exceeded"
+// (the LimitExceededException message is made up), the real quotas, rates
+// and latencies (the knobs above set them), audit reports, and any
+// operation not listed above (answered with UnknownOperationException).
 package awspca
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -68,6 +103,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/meshca/broker/integration/fakes/netfault"
 )
@@ -90,8 +127,9 @@ type Options struct {
 	// Credentials maps access key IDs to secret keys (default: the
 	// DefaultAccessKeyID / DefaultSecretAccessKey pair).
 	Credentials map[string]string
-	// StrictEmptySubject refuses an empty-subject CSR with a non-critical
-	// SAN extension even when ApiPassthrough carries the names.
+	// StrictEmptySubject refuses every CSR whose subject is empty (no RDN)
+	// and whose SAN extension is not critical, even when ApiPassthrough
+	// carries the names (see "Empty subjects" in the package doc).
 	StrictEmptySubject bool
 	// CAValidity is the subordinate CA's remaining lifetime (default 30 days).
 	CAValidity time.Duration
@@ -134,11 +172,19 @@ type Server struct {
 	issuedCount int
 	lastIssue   *IssueRequest
 	dropAnswers map[string]int
+
+	injectSubject []byte
+	issueLatency  time.Duration
+	rateLimit     rate.Limit
+	rateBurst     int
+	limiters      map[string]*rate.Limiter
+	hardQuota     int
 }
 
 type issued struct {
 	leafPEM   string
 	pollsLeft int
+	readyAt   time.Time
 }
 
 type tokenEntry struct {
@@ -183,6 +229,7 @@ func Start(opts Options) (*Server, error) {
 		calls:  map[string]int{},
 
 		dropAnswers: map[string]int{},
+		limiters:    map[string]*rate.Limiter{},
 	}
 	s.srv = &http.Server{Handler: http.HandlerFunc(s.handle), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.srv.Serve(s.ln) }()
@@ -247,6 +294,51 @@ func (s *Server) SetOutage(m OutageMode) {
 	s.outage = m
 	s.mu.Unlock()
 	s.ln.SetDropping(m == OutageDrop)
+}
+
+// SetIssueLatency makes each certificate issued from now on fetchable only
+// d after its IssueCertificate: until then GetCertificate answers
+// RequestInProgressException, as a slow CA does. Zero turns it off.
+func (s *Server) SetIssueLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.issueLatency = d
+}
+
+// SetRateLimit limits every operation, each on its own, to perSecond calls
+// a second with bursts of burst (at least 1); calls beyond it answer
+// ThrottlingException "Rate exceeded", as the real service's per-operation
+// request rates do. Throttled calls count in Calls. perSecond <= 0 turns
+// the limit off. Every SetRateLimit starts each operation with a full bucket.
+func (s *Server) SetRateLimit(perSecond float64, burst int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rateLimit = rate.Limit(perSecond)
+	if perSecond <= 0 {
+		s.rateLimit = 0
+	}
+	s.rateBurst = max(burst, 1)
+	s.limiters = map[string]*rate.Limiter{}
+}
+
+// SetHardQuota makes IssueCertificate answer LimitExceededException once n
+// certificates have been issued (IssuedCount, counted since Start), as
+// Private CA does when an account quota such as the number of certificates
+// a CA may issue is used up. An idempotent replay of an earlier call still
+// answers its certificate. n <= 0 turns the quota off.
+func (s *Server) SetHardQuota(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hardQuota = n
+}
+
+// SetInjectSubject makes every leaf issued from now on carry raw (a DER
+// Name) as its subject, whatever the CSR and ApiPassthrough say: a CA
+// misbehaving in a way the broker must catch. nil turns it off.
+func (s *Server) SetInjectSubject(raw []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.injectSubject = bytes.Clone(raw)
 }
 
 // Calls reports how many requests named an operation, failed ones included.
@@ -396,6 +488,14 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	if throttled {
 		s.throttleN--
 	}
+	if !throttled && s.rateLimit > 0 {
+		l := s.limiters[op]
+		if l == nil {
+			l = rate.NewLimiter(s.rateLimit, s.rateBurst)
+			s.limiters[op] = l
+		}
+		throttled = !l.Allow()
+	}
 	s.mu.Unlock()
 	if typ, msg := s.checkSigV4(r, body); typ != "" {
 		writeError(w, errf(typ, "%s", msg))
@@ -536,8 +636,10 @@ func (s *Server) getCertificate(body []byte) (any, *apiError) {
 	if !ok {
 		return nil, errf("ResourceNotFoundException", "Could not find certificate %s.", in.CertificateArn)
 	}
-	if c.pollsLeft > 0 {
-		c.pollsLeft--
+	if c.pollsLeft > 0 || time.Now().Before(c.readyAt) {
+		if c.pollsLeft > 0 {
+			c.pollsLeft--
+		}
 		return nil, errf("RequestInProgressException", "The request to issue certificate %s is still in progress.", in.CertificateArn)
 	}
 	return map[string]string{
@@ -644,15 +746,17 @@ func (s *Server) issue(body []byte) (any, *apiError) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, errf("MalformedCSRException", "The certificate signing request signature is invalid.")
 	}
-	var subject pkix.RDNSequence
-	_, _ = asn1.Unmarshal(csr.RawSubject, &subject)
+	rdns, err := rdnCount(csr.RawSubject)
+	if err != nil {
+		return nil, errf("MalformedCSRException", "The certificate signing request subject is invalid: %v", err)
+	}
 	var sanExt *pkix.Extension
 	for i := range csr.Extensions {
 		if csr.Extensions[i].Id.Equal(oidSAN) {
 			sanExt = &csr.Extensions[i]
 		}
 	}
-	if len(subject) == 0 && sanExt == nil {
+	if rdns == 0 && sanExt == nil {
 		return nil, errf("MalformedCSRException", "CSR must provide either a subject name or a subject alternative name.")
 	}
 	var pt APIPassthrough
@@ -663,7 +767,7 @@ func (s *Server) issue(body []byte) (any, *apiError) {
 		pt.Extensions = &Extensions{}
 	}
 	namesFromAPI := len(pt.Extensions.SubjectAlternativeNames) > 0
-	if len(subject) == 0 && sanExt != nil && !sanExt.Critical && (s.opts.StrictEmptySubject || !namesFromAPI) {
+	if rdns == 0 && sanExt != nil && !sanExt.Critical && (s.opts.StrictEmptySubject || !namesFromAPI) {
 		return nil, errf("MalformedCSRException", "CSR must mark the SAN extension critical when it has an empty subject.")
 	}
 
@@ -708,7 +812,15 @@ func (s *Server) issue(body []byte) (any, *apiError) {
 		}
 		tmpl.Subject = name
 	} else {
+		// "From API or CSR": the CSR's subject exactly as it was encoded.
 		tmpl.RawSubject = csr.RawSubject
+	}
+	s.mu.Lock()
+	inject := s.injectSubject
+	latency := s.issueLatency
+	s.mu.Unlock()
+	if inject != nil {
+		tmpl.Subject, tmpl.RawSubject = pkix.Name{}, inject
 	}
 	if namesFromAPI {
 		if e := applyGeneralNames(tmpl, pt.Extensions.SubjectAlternativeNames); e != nil {
@@ -756,11 +868,43 @@ func (s *Server) issue(body []byte) (any, *apiError) {
 		if t, ok := s.tokens[tokenKey]; ok && now.Before(t.expires) {
 			return map[string]string{"CertificateArn": t.arn}, nil
 		}
+	}
+	if s.hardQuota > 0 && s.issuedCount >= s.hardQuota {
+		return nil, errf("LimitExceededException", "The certificate authority %s has reached its quota of %d issued certificates.", s.CAArn, s.hardQuota)
+	}
+	if in.IdempotencyToken != "" {
 		s.tokens[tokenKey] = tokenEntry{arn: arn, expires: now.Add(5 * time.Minute)}
 	}
-	s.certs[arn] = &issued{leafPEM: pemString(der), pollsLeft: s.inProgress}
+	s.certs[arn] = &issued{leafPEM: pemString(der), pollsLeft: s.inProgress, readyAt: now.Add(latency)}
 	s.issuedCount++
 	return map[string]string{"CertificateArn": arn}, nil
+}
+
+// rdnCount is the number of RDNs in a DER Name, read without interpreting
+// the attributes (so no attribute type or string type is lost or refused).
+func rdnCount(raw []byte) (int, error) {
+	if len(raw) == 0 {
+		return 0, nil
+	}
+	var seq asn1.RawValue
+	rest, err := asn1.Unmarshal(raw, &seq)
+	if err != nil {
+		return 0, err
+	}
+	if len(rest) != 0 || seq.Class != asn1.ClassUniversal || seq.Tag != asn1.TagSequence || !seq.IsCompound {
+		return 0, errors.New("not a SEQUENCE of RDNs")
+	}
+	n := 0
+	for b := seq.Bytes; len(b) > 0; n++ {
+		var rdn asn1.RawValue
+		if b, err = asn1.Unmarshal(b, &rdn); err != nil {
+			return 0, err
+		}
+		if rdn.Class != asn1.ClassUniversal || rdn.Tag != asn1.TagSet || !rdn.IsCompound || len(rdn.Bytes) == 0 {
+			return 0, fmt.Errorf("RDN %d is not a non-empty SET", n)
+		}
+	}
+	return n, nil
 }
 
 func validityTime(v *Validity, now time.Time, field string) (time.Time, *apiError) {
