@@ -3,14 +3,29 @@
 // synchronous CreateCertificate call, idempotent across retries, and reads
 // the pool's roots with FetchCaCerts when they are not configured.
 //
-// The request carries the workload's CSR (pem_csr) when the CSR asks for
-// exactly the approved names, so CA Service sees what the workload sent;
-// otherwise it carries a config built from the approved template (the
-// CSR's public key, the template's subject, SANs and usages), so the
-// certificate never holds a name the broker's policy did not approve. In
-// pem_csr mode the key usages are the pool's (baseline values or
-// certificate template); in config mode the template's, subject to the
-// pool's policy. Either way the broker verifies what comes back.
+// CA Service copies a pem_csr's subject, subjectAltName and (as far as the
+// pool's passthrough_extensions allow) its other requested extensions into
+// the certificate. The request therefore carries the workload's CSR
+// (pem_csr) only when the CSR's DER says exactly what was approved: a raw
+// subject byte-equal to the approved one, no attribute but one
+// extensionRequest, no extension but a subjectAltName naming exactly the
+// approved names (see csrMismatch). Otherwise, which includes the Istio
+// agent's CSR with its empty "O=" attribute, it carries a config built from
+// the approved template alone (the CSR's public key, the template's subject,
+// SANs and usages, is_ca false), so the certificate never holds a name the
+// broker's policy did not approve. In pem_csr mode the key usages are the
+// pool's (baseline values or certificate template); in config mode the
+// template's, subject to the pool's policy. Either way the broker verifies
+// what comes back, subject included (verify.Chain).
+//
+// The request_id and certificate_id are derived from the request alone
+// (pool, CA, certificate template, the CSR's DER, the approved subject,
+// names, validity and usages), never from the clock or a random source: the
+// same Request always yields the same IDs, so a retry of it, by this
+// backend or by the broker for an agent retrying the same CSR with the same
+// approved template, is answered by CA Service from its record of the first
+// (it keeps request IDs for 60 minutes) instead of issuing a second,
+// orphaned certificate.
 package gcpcas
 
 import (
@@ -18,7 +33,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/binary"
 	"encoding/hex"
@@ -26,11 +40,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	privateca "cloud.google.com/go/security/privateca/apiv1"
 	"cloud.google.com/go/security/privateca/apiv1/privatecapb"
@@ -42,9 +55,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/dn"
 )
 
 // Type is the backend's name in the configuration.
@@ -86,7 +101,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Signer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Signer{cfg: cfg, log: log.With("backend", Type, "caPool", cfg.parent())}
+	s := &Signer{cfg: cfg, log: log.With("backend", Type, "caPool", cfg.parent()), retry: backends.NewRetryPolicy()}
 	if cfg.TrustAnchorsFile != "" {
 		var err error
 		if s.anchors, err = backends.ReadCertificates(cfg.TrustAnchorsFile); err != nil {
@@ -190,16 +205,21 @@ func (s *Signer) bound(ctx context.Context) (context.Context, context.CancelFunc
 }
 
 // createRequest builds CreateCertificate's request, lifetime aside. The
-// request ID and certificate ID derive from what is asked, so a retry is
-// recognised as one (CA Service remembers request IDs for an hour).
+// request ID and certificate ID are a function of req (and the
+// configuration) alone, so a retry is recognised as one (CA Service
+// remembers request IDs for an hour).
 func (s *Signer) createRequest(req *backends.Request) (*privatecapb.CreateCertificateRequest, error) {
-	sum := requestHash(s.cfg.parent(), s.cfg.CaID, s.cfg.CertificateTemplate, req)
+	sum, err := requestHash(s.cfg.parent(), s.cfg.CaID, s.cfg.CertificateTemplate, req)
+	if err != nil {
+		return nil, fmt.Errorf("gcpcas: %w: %w", backends.ErrRefused, err)
+	}
 	cert := &privatecapb.Certificate{CertificateTemplate: s.cfg.CertificateTemplate}
-	if csrMatches(req) {
+	if why := csrMismatch(req); why == nil {
 		cert.CertificateConfig = &privatecapb.Certificate_PemCsr{
 			PemCsr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: req.CSR.Raw})),
 		}
 	} else {
+		s.log.Debug("sending a config built from the approved template, not the CSR", "reason", why.Error())
 		cfg, err := certificateConfig(req)
 		if err != nil {
 			return nil, fmt.Errorf("gcpcas: %w: %w", backends.ErrRefused, err)
@@ -215,83 +235,51 @@ func (s *Signer) createRequest(req *backends.Request) (*privatecapb.CreateCertif
 	}, nil
 }
 
-func requestHash(parent, caID, template string, req *backends.Request) [32]byte {
+// requestHash digests everything that decides what is issued, each field
+// length-prefixed and in a fixed order: equal Requests give equal sums,
+// whenever and however often they are built, and a change to any approved
+// value gives another.
+func requestHash(parent, caID, template string, req *backends.Request) ([32]byte, error) {
+	var sum [32]byte
+	t := req.Template
+	subj, err := approvedSubject(t)
+	if err != nil {
+		return sum, fmt.Errorf("approved subject does not encode: %v", err)
+	}
 	h := sha256.New()
 	field := func(b []byte) {
 		_ = binary.Write(h, binary.BigEndian, uint32(len(b)))
 		h.Write(b)
 	}
+	number := func(v int64) { _ = binary.Write(h, binary.BigEndian, v) }
 	field([]byte(parent))
 	field([]byte(caID))
 	field([]byte(template))
 	field(req.CSR.Raw)
-	t := req.Template
-	field([]byte(t.Subject.String()))
-	for _, u := range t.URIs {
-		field([]byte("uri:" + u.String()))
+	field(subj)
+	names := templateNames(t) // in the template's order: it is the certificate's
+	number(int64(len(names)))
+	for _, n := range names {
+		number(int64(n.tag))
+		field(n.value)
 	}
-	for _, d := range t.DNSNames {
-		field([]byte("dns:" + d))
-	}
-	for _, ip := range t.IPAddresses {
-		field([]byte("ip:" + ip.String()))
-	}
-	for _, e := range t.EmailAddresses {
-		field([]byte("email:" + e))
-	}
-	_ = binary.Write(h, binary.BigEndian, t.NotAfter.Unix())
-	_ = binary.Write(h, binary.BigEndian, uint32(t.KeyUsage))
+	number(t.NotBefore.Unix())
+	number(t.NotAfter.Unix())
+	number(int64(t.KeyUsage))
+	number(int64(len(t.ExtKeyUsage)))
 	for _, u := range t.ExtKeyUsage {
-		_ = binary.Write(h, binary.BigEndian, int32(u))
+		number(int64(u))
 	}
-	var sum [32]byte
+	number(int64(len(t.UnknownExtKeyUsage)))
+	for _, oid := range t.UnknownExtKeyUsage {
+		field([]byte(oid.String()))
+	}
 	h.Sum(sum[:0])
-	return sum
+	return sum, nil
 }
 
-// csrMatches reports whether the CSR asks for exactly the template's names
-// and subject (attributes with empty values, like Istio's "O=", count as
-// absent), so that CA Service copying them from the CSR issues what was
-// approved.
-func csrMatches(req *backends.Request) bool {
-	csr, t := req.CSR, req.Template
-	return slices.Equal(sanList(csr.URIs, csr.IPAddresses, csr.DNSNames, csr.EmailAddresses),
-		sanList(t.URIs, t.IPAddresses, t.DNSNames, t.EmailAddresses)) &&
-		slices.Equal(nonEmptyAttributes(csr.Subject.ToRDNSequence()), nonEmptyAttributes(t.Subject.ToRDNSequence()))
-}
-
-// sanList is a comparable, order-free rendering of a set of SANs.
-func sanList(uris []*url.URL, ips []net.IP, dns, emails []string) []string {
-	var out []string
-	for _, u := range uris {
-		out = append(out, "uri:"+u.String())
-	}
-	for _, ip := range ips {
-		out = append(out, "ip:"+ip.String())
-	}
-	for _, d := range dns {
-		out = append(out, "dns:"+d)
-	}
-	for _, e := range emails {
-		out = append(out, "email:"+e)
-	}
-	slices.Sort(out)
-	return out
-}
-
-func nonEmptyAttributes(rdns pkix.RDNSequence) []string {
-	var out []string
-	for _, rdn := range rdns {
-		for _, a := range rdn {
-			if v := fmt.Sprint(a.Value); v != "" {
-				out = append(out, a.Type.String()+"="+v)
-			}
-		}
-	}
-	return out
-}
-
-// certificateConfig expresses the template for config-mode issuance.
+// certificateConfig expresses the template for config-mode issuance. Only
+// the CSR's public key is taken from the CSR.
 func certificateConfig(req *backends.Request) (*privatecapb.CertificateConfig, error) {
 	t := req.Template
 	spki := req.CSR.RawSubjectPublicKeyInfo
@@ -305,9 +293,12 @@ func certificateConfig(req *backends.Request) (*privatecapb.CertificateConfig, e
 	for _, ip := range t.IPAddresses {
 		san.IpAddresses = append(san.IpAddresses, ip.String())
 	}
-	subj, err := subject(t.Subject)
+	subj, err := subject(t)
 	if err != nil {
 		return nil, err
+	}
+	if proto.Equal(subj, &privatecapb.Subject{}) && len(san.DnsNames)+len(san.EmailAddresses)+len(san.Uris)+len(san.IpAddresses) == 0 {
+		return nil, errors.New("the approved certificate has neither a subject nor a subject alternative name; CA Service requires one")
 	}
 	ku, err := keyUsage(t)
 	if err != nil {
@@ -338,30 +329,40 @@ var (
 	oidPostalCode   = asn1.ObjectIdentifier{2, 5, 4, 17}
 )
 
-// subject maps a template subject onto CA Service's Subject, which holds
-// one value per common attribute; anything else cannot be expressed.
-func subject(n pkix.Name) (*privatecapb.Subject, error) {
+// subject maps the approved subject (its DER, every attribute) onto CA
+// Service's Subject, which holds one value per common attribute; anything
+// else cannot be expressed and is refused. Attributes with empty values say
+// nothing and are left out. The empty subject the broker approves is an
+// empty Subject message with the SANs beside it, as Istio's own CA Service
+// client sends it: a certificate with an empty subject and (critical)
+// subjectAltName.
+func subject(t *x509.Certificate) (*privatecapb.Subject, error) {
+	raw, err := approvedSubject(t)
+	if err != nil {
+		return nil, fmt.Errorf("approved subject does not encode: %v", err)
+	}
+	attrs, err := dn.Valued(raw)
+	if err != nil {
+		return nil, fmt.Errorf("approved subject: %v", err)
+	}
 	s := &privatecapb.Subject{}
 	fields := map[string]*string{
 		oidCommonName.String(): &s.CommonName, oidCountry.String(): &s.CountryCode, oidLocality.String(): &s.Locality,
 		oidProvince.String(): &s.Province, oidStreet.String(): &s.StreetAddress, oidOrganization.String(): &s.Organization,
 		oidOrgUnit.String(): &s.OrganizationalUnit, oidPostalCode.String(): &s.PostalCode,
 	}
-	for _, rdn := range n.ToRDNSequence() {
-		for _, a := range rdn {
-			v := fmt.Sprint(a.Value)
-			if v == "" {
-				continue
-			}
-			dst, ok := fields[a.Type.String()]
-			if !ok || *dst != "" {
-				return nil, fmt.Errorf("template subject %q cannot be expressed in a CA Service config (one value per common attribute)", n)
-			}
-			*dst = v
+	for _, a := range attrs {
+		dst, ok := fields[a.Type.String()]
+		if !ok || *dst != "" || a.Class != asn1.ClassUniversal || !textTags[a.Tag] || !utf8.Valid(a.Value) {
+			return nil, fmt.Errorf("approved subject [%s] cannot be expressed in a CA Service config (one text value per common attribute)", dn.Describe(attrs))
 		}
+		*dst = string(a.Value)
 	}
 	return s, nil
 }
+
+// textTags are the string types whose content octets are the text itself.
+var textTags = map[int]bool{asn1.TagUTF8String: true, asn1.TagPrintableString: true, asn1.TagIA5String: true, asn1.TagNumericString: true}
 
 func keyUsage(t *x509.Certificate) (*privatecapb.KeyUsage, error) {
 	k := t.KeyUsage

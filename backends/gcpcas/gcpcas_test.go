@@ -2,11 +2,8 @@ package gcpcas
 
 import (
 	"context"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -128,92 +125,5 @@ func TestClassify(t *testing.T) {
 	}
 	if err := classify("creating", context.DeadlineExceeded); !errors.Is(err, backends.ErrUnavailable) {
 		t.Errorf("context deadline: %v", err)
-	}
-}
-
-func request(t *testing.T, csrURIs, tmplURIs []string, csrSubject, tmplSubject pkix.Name, csrDNS []string) *backends.Request {
-	parse := func(ss []string) []*url.URL {
-		var out []*url.URL
-		for _, s := range ss {
-			u, err := url.Parse(s)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, u)
-		}
-		return out
-	}
-	return &backends.Request{
-		CSR:      &x509.CertificateRequest{URIs: parse(csrURIs), Subject: csrSubject, DNSNames: csrDNS, Raw: []byte("csr"), RawSubjectPublicKeyInfo: []byte("spki")},
-		Template: &x509.Certificate{URIs: parse(tmplURIs), Subject: tmplSubject, NotAfter: time.Unix(1_700_000_000, 0)},
-	}
-}
-
-func TestCSRMatches(t *testing.T) {
-	id := []string{"spiffe://td/ns/a/sa/b"}
-	tests := []struct {
-		name string
-		req  *backends.Request
-		want bool
-	}{
-		{"same URI, empty subjects", request(t, id, id, pkix.Name{}, pkix.Name{}, nil), true},
-		{"istio O= subject counts as empty", request(t, id, id, pkix.Name{Organization: []string{""}}, pkix.Name{}, nil), true},
-		{"different URI", request(t, []string{"spiffe://td/ns/a/sa/c"}, id, pkix.Name{}, pkix.Name{}, nil), false},
-		{"extra DNS in CSR", request(t, id, id, pkix.Name{}, pkix.Name{}, []string{"x.example"}), false},
-		{"CSR subject not approved", request(t, id, id, pkix.Name{CommonName: "admin"}, pkix.Name{}, nil), false},
-		{"same subject", request(t, id, id, pkix.Name{CommonName: "b"}, pkix.Name{CommonName: "b"}, nil), true},
-	}
-	for _, tt := range tests {
-		if got := csrMatches(tt.req); got != tt.want {
-			t.Errorf("%s: csrMatches = %v, want %v", tt.name, got, tt.want)
-		}
-	}
-}
-
-func TestCertificateConfig(t *testing.T) {
-	req := request(t, []string{"spiffe://td/ns/a/sa/b"}, []string{"spiffe://td/ns/a/sa/b"}, pkix.Name{}, pkix.Name{CommonName: "b", Organization: []string{"mesh"}}, nil)
-	req.Template.KeyUsage = x509.KeyUsageDigitalSignature
-	req.Template.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	cfg, err := certificateConfig(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := cfg.GetSubjectConfig().GetSubject(); s.GetCommonName() != "b" || s.GetOrganization() != "mesh" {
-		t.Errorf("subject %v", s)
-	}
-	ku := cfg.GetX509Config().GetKeyUsage()
-	if !ku.GetBaseKeyUsage().GetDigitalSignature() || ku.GetBaseKeyUsage().GetKeyEncipherment() || !ku.GetExtendedKeyUsage().GetClientAuth() || ku.GetExtendedKeyUsage().GetServerAuth() {
-		t.Errorf("key usage %v", ku)
-	}
-	if cfg.GetX509Config().GetCaOptions().GetIsCa() {
-		t.Error("is_ca set")
-	}
-	if !strings.Contains(string(cfg.GetPublicKey().GetKey()), "BEGIN PUBLIC KEY") {
-		t.Error("public key not PEM")
-	}
-	req.Template.Subject = pkix.Name{Organization: []string{"a", "b"}}
-	if _, err := certificateConfig(req); err == nil {
-		t.Error("two organizations accepted; CA Service's Subject holds one")
-	}
-}
-
-func TestRequestIDsAreDeterministic(t *testing.T) {
-	s := &Signer{cfg: Config{Project: "p", Location: "l", CaPool: "pool"}}
-	req := request(t, []string{"spiffe://td/ns/a/sa/b"}, []string{"spiffe://td/ns/a/sa/b"}, pkix.Name{}, pkix.Name{}, nil)
-	a, err := s.createRequest(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := s.createRequest(req)
-	if a.RequestId != b.RequestId || a.CertificateId != b.CertificateId {
-		t.Fatal("same request, different IDs")
-	}
-	req.Template.NotAfter = req.Template.NotAfter.Add(time.Second)
-	c, _ := s.createRequest(req)
-	if c.RequestId == a.RequestId || c.CertificateId == a.CertificateId {
-		t.Fatal("different request, same IDs")
-	}
-	if len(a.CertificateId) > 63 {
-		t.Errorf("certificate_id %q longer than 63", a.CertificateId)
 	}
 }

@@ -8,43 +8,67 @@
 // What it reproduces, from service.proto, resources.proto and the API
 // documentation:
 //   - CreateCertificate into projects/P/locations/L/caPools/POOL, from a
-//     pem_csr (subject and SANs from the CSR, key usages from the pool's
-//     baseline: digital signature, key encipherment, TLS server and client)
-//     or from a config (public key, subject, SANs and X.509 parameters from
-//     the request); the issuing CA chosen by issuing_certificate_authority_id
-//     or the first ENABLED CA; lifetime required, truncated to the pool's
-//     maximum_lifetime and to the issuing CA's expiry; certificate_template
-//     must exist; request_id must be a non-zero UUID and replays the first
-//     answer for 60 minutes; certificate_id is required in the ENTERPRISE
-//     tier, must match [a-zA-Z0-9_-]{1,63} and be unique (ALREADY_EXISTS);
-//     validate_only issues nothing and returns no pem_certificate;
+//     pem_csr or from a config. From a pem_csr it copies what CA Service
+//     copies for a pool whose identity constraints allow subject and SAN
+//     passthrough and whose passthrough_extensions are unrestricted: the
+//     CSR's subject as raw DER (every RDN and attribute, emailAddress, DC,
+//     UID, multi-valued RDNs and string encodings included), its
+//     subjectAltName extension as raw DER (every GeneralName, otherName,
+//     directoryName and registeredID included; critical when the subject is
+//     empty), and every other requested extension except those the pool
+//     sets itself (key usage, extended key usage, basic constraints and key
+//     identifiers, which come from the pool's baseline: digital signature,
+//     key encipherment, TLS server and client, not a CA). From a config it
+//     takes the public key, subject (named fields or rdn_sequence), SANs and
+//     X.509 key usages of the request. A certificate with neither subject nor
+//     SAN is refused. The issuing CA is chosen by
+//     issuing_certificate_authority_id or is the first ENABLED CA; lifetime
+//     required, truncated to the pool's maximum_lifetime and to the issuing
+//     CA's expiry; certificate_template must exist; request_id must be a
+//     non-zero UUID and replays the first answer for 60 minutes;
+//     certificate_id is required in the ENTERPRISE tier, must match
+//     [a-zA-Z0-9_-]{1,63} and be unique (ALREADY_EXISTS); validate_only
+//     issues nothing and returns no pem_certificate;
 //   - the answer's pem_certificate and pem_certificate_chain (issuer to
 //     root, the root included: the issuing CA's certificate then its root),
 //     name, issuer_certificate_authority, lifetime, certificate_description;
 //   - FetchCaCerts (one chain per CA of the pool, from the CA's own
 //     certificate to its root) and GetCaPool;
 //   - faults: RESOURCE_EXHAUSTED quota errors for the next K calls
-//     (Throttle), added latency (SetLatency, for DEADLINE_EXCEEDED), CA
-//     state (SetCAState: a non-ENABLED CA refuses with FAILED_PRECONDITION),
-//     lost answers (DropAnswers: the work is done, the connection closed),
-//     and an outage switch that drops every connection or answers
-//     UNAVAILABLE (SetOutage).
+//     (Throttle) or beyond a per-method rate (SetRateLimit: a token bucket
+//     per method, as CA Service's per-minute request quotas answer), added
+//     latency (SetLatency, for DEADLINE_EXCEEDED), CA state (SetCAState: a
+//     non-ENABLED CA refuses with FAILED_PRECONDITION), lost answers
+//     (DropAnswers: the work is done, the connection closed), an outage
+//     switch that drops every connection or answers UNAVAILABLE
+//     (SetOutage), and a misbehaving PKI that puts a subject of its own into
+//     every certificate it issues (SetInjectSubject).
+//
+// Calls and IssuedCount are exact under concurrent calls: every call is
+// counted when it arrives (refused, throttled and rate-limited ones
+// included), and concurrent calls with one request_id issue once.
 //
 // What it does not reproduce: authentication and IAM (no credentials are
 // checked: tests dial it without authentication, over plaintext), the
-// pool's identity constraints and CEL expressions, certificate templates'
-// predefined values, passthrough extensions, CRLs, long-running operations
-// and every method not listed above (UNIMPLEMENTED), error details
-// (google.rpc.ErrorInfo / QuotaFailure), exact error wording, quotas and
-// latencies of the real service. Issuance is synchronous, as CreateCertificate
-// is in the real API: there is nothing to poll.
+// pool's identity constraints and CEL expressions (subject and SAN
+// passthrough are always allowed), passthrough_extensions restrictions,
+// certificate templates' predefined values, subject_mode (RDN_SEQUENCE,
+// REFLECTED_SPIFFE), CRLs, long-running operations and every method not
+// listed above (UNIMPLEMENTED), error details (google.rpc.ErrorInfo /
+// QuotaFailure), exact error wording, the real service's quotas and
+// latencies, and how it re-encodes a copied subject (it may normalise
+// string types or attribute order; the fake copies the bytes). Issuance is
+// synchronous, as CreateCertificate is in the real API: there is nothing to
+// poll.
 package gcpcas
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
@@ -56,6 +80,7 @@ import (
 	"time"
 
 	"cloud.google.com/go/security/privateca/apiv1/privatecapb"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -126,6 +151,10 @@ type Server struct {
 	certIDs       map[string]string // certificate_id -> request_id
 	lastCreate    *privatecapb.CreateCertificateRequest
 	lastParamsHdr string
+	injectSubject []byte
+	rateLimit     rate.Limit
+	rateBurst     int
+	limiters      map[string]*rate.Limiter
 }
 
 type fakeCA struct {
@@ -246,6 +275,31 @@ func (s *Server) SetOutage(m OutageMode) {
 	s.ln.SetDropping(m == OutageDrop)
 }
 
+// SetInjectSubject makes every certificate issued from now on carry raw
+// (a DER Name) as its subject, whatever the request said: a misbehaving or
+// misconfigured PKI. nil turns it off.
+func (s *Server) SetInjectSubject(raw []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.injectSubject = bytes.Clone(raw)
+}
+
+// SetRateLimit admits perSecond calls per second to each method, with
+// bursts of up to burst (at least 1), and answers the calls beyond it with
+// RESOURCE_EXHAUSTED, as CA Service does when a request quota is exceeded.
+// Each method has its own bucket, starting full. perSecond <= 0 turns the
+// limit off.
+func (s *Server) SetRateLimit(perSecond float64, burst int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.limiters = map[string]*rate.Limiter{}
+	if perSecond <= 0 {
+		s.rateLimit, s.rateBurst = 0, 0
+		return
+	}
+	s.rateLimit, s.rateBurst = rate.Limit(perSecond), max(burst, 1)
+}
+
 // Calls reports how many calls a method received, failed ones included.
 func (s *Server) Calls(method string) int {
 	s.mu.Lock()
@@ -286,9 +340,20 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		s.lastParamsHdr = v[0]
 	}
 	outage, latency := s.outage, s.latency
-	throttled := s.throttleN > 0 && (s.throttleOps == nil || s.throttleOps[method])
-	if throttled {
-		s.throttleN--
+	throttled, limited := false, false
+	if outage != OutageUnavailable {
+		throttled = s.throttleN > 0 && (s.throttleOps == nil || s.throttleOps[method])
+		if throttled {
+			s.throttleN--
+		}
+		if !throttled && s.rateLimit > 0 {
+			lim := s.limiters[method]
+			if lim == nil {
+				lim = rate.NewLimiter(s.rateLimit, s.rateBurst)
+				s.limiters[method] = lim
+			}
+			limited = !lim.Allow()
+		}
 	}
 	s.mu.Unlock()
 	if outage == OutageUnavailable {
@@ -303,9 +368,13 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		case <-t.C:
 		}
 	}
-	if throttled {
+	if throttled || limited {
+		metric := "Read requests"
+		if method == "CreateCertificate" {
+			metric = "Certificate creation requests"
+		}
 		return nil, status.Errorf(codes.ResourceExhausted,
-			"Quota exceeded for quota metric 'Certificate creation requests' and limit 'Certificate creation requests per minute per region' of service 'privateca.googleapis.com' for consumer 'project:%s'.", s.opts.Project)
+			"Quota exceeded for quota metric '%s' and limit '%s per minute per region' of service 'privateca.googleapis.com' for consumer 'project:%s'.", metric, metric, s.opts.Project)
 	}
 	resp, err := handler(ctx, req)
 	s.mu.Lock()
@@ -396,6 +465,17 @@ func (s *Server) CreateCertificate(ctx context.Context, req *privatecapb.CreateC
 	if notAfter.After(ca.sub.NotAfter) {
 		notAfter = ca.sub.NotAfter
 	}
+	s.mu.Lock()
+	if s.injectSubject != nil {
+		tmpl.RawSubject = bytes.Clone(s.injectSubject)
+	}
+	s.mu.Unlock()
+	for i, e := range tmpl.ExtraExtensions {
+		if e.Id.Equal(oidSubjectAltName) {
+			// Critical exactly when the subject is empty (RFC 5280 4.2.1.6).
+			tmpl.ExtraExtensions[i].Critical = isEmptyName(tmpl.RawSubject)
+		}
+	}
 	tmpl.SerialNumber = randomSerial()
 	tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
 	tmpl.SignatureAlgorithm = signatureAlgorithm(s.opts.KeyAlgorithm)
@@ -405,7 +485,10 @@ func (s *Server) CreateCertificate(ctx context.Context, req *privatecapb.CreateC
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "could not issue the certificate: %v", err)
 	}
-	leaf, _ := x509.ParseCertificate(der)
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "the fake issued a certificate it cannot parse: %v", err)
+	}
 	out := &privatecapb.Certificate{
 		Name:                       name,
 		IssuerCertificateAuthority: s.PoolName + "/certificateAuthorities/" + caID,
@@ -492,9 +575,24 @@ func (s *Server) certificateTemplate(c *privatecapb.Certificate) (*x509.Certific
 		if err := csr.CheckSignature(); err != nil {
 			return nil, nil, status.Error(codes.InvalidArgument, "The CSR signature is invalid")
 		}
-		baseline.RawSubject = csr.RawSubject
-		baseline.DNSNames, baseline.URIs, baseline.IPAddresses, baseline.EmailAddresses = csr.DNSNames, csr.URIs, csr.IPAddresses, csr.EmailAddresses
-		if len(csr.Subject.Names) == 0 && len(csr.URIs)+len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) == 0 {
+		baseline.RawSubject = bytes.Clone(csr.RawSubject)
+		if len(baseline.RawSubject) == 0 {
+			baseline.RawSubject = emptyName
+		}
+		hasSAN := false
+		for _, e := range csr.Extensions {
+			switch {
+			case e.Id.Equal(oidSubjectAltName):
+				// Copied as it is, every GeneralName; criticality is set
+				// once the final subject is known.
+				hasSAN = true
+				baseline.ExtraExtensions = append(baseline.ExtraExtensions, pkix.Extension{Id: e.Id, Value: bytes.Clone(e.Value)})
+			case poolSetsExtension(e.Id):
+			default:
+				baseline.ExtraExtensions = append(baseline.ExtraExtensions, pkix.Extension{Id: e.Id, Critical: e.Critical, Value: bytes.Clone(e.Value)})
+			}
+		}
+		if isEmptyName(baseline.RawSubject) && !hasSAN {
 			return nil, nil, status.Error(codes.InvalidArgument, "The certificate must have a subject or a subject alternative name")
 		}
 		return baseline, csr.PublicKey, nil
@@ -518,7 +616,9 @@ func (s *Server) certificateTemplate(c *privatecapb.Certificate) (*x509.Certific
 		t := &x509.Certificate{}
 		sc := cfg.GetSubjectConfig()
 		if subj := sc.GetSubject(); subj != nil {
-			t.Subject = subjectName(subj)
+			if t.RawSubject, err = subjectName(subj); err != nil {
+				return nil, nil, err
+			}
 		}
 		san := sc.GetSubjectAltName()
 		t.DNSNames, t.EmailAddresses = san.GetDnsNames(), san.GetEmailAddresses()
@@ -536,7 +636,7 @@ func (s *Server) certificateTemplate(c *privatecapb.Certificate) (*x509.Certific
 			}
 			t.IPAddresses = append(t.IPAddresses, p)
 		}
-		if len(t.Subject.ToRDNSequence()) == 0 && len(t.URIs)+len(t.DNSNames)+len(t.IPAddresses)+len(t.EmailAddresses) == 0 {
+		if isEmptyName(t.RawSubject) && len(t.URIs)+len(t.DNSNames)+len(t.IPAddresses)+len(t.EmailAddresses) == 0 {
 			return nil, nil, status.Error(codes.InvalidArgument, "The certificate must have a subject or a subject alternative name")
 		}
 		x := cfg.GetX509Config()
@@ -553,7 +653,76 @@ func (s *Server) certificateTemplate(c *privatecapb.Certificate) (*x509.Certific
 	return nil, nil, status.Error(codes.InvalidArgument, "certificate must have a pem_csr or a config")
 }
 
-func subjectName(s *privatecapb.Subject) pkix.Name {
+var (
+	oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
+	// emptyName is the DER of an empty RDNSequence.
+	emptyName = []byte{0x30, 0x00}
+)
+
+// poolSetsExtension reports whether the pool, not the CSR, decides an
+// extension: key usage, extended key usage and basic constraints (the
+// baseline values) and the key identifiers.
+func poolSetsExtension(id asn1.ObjectIdentifier) bool {
+	for _, oid := range []asn1.ObjectIdentifier{
+		{2, 5, 29, 15}, // keyUsage
+		{2, 5, 29, 37}, // extKeyUsage
+		{2, 5, 29, 19}, // basicConstraints
+		{2, 5, 29, 14}, // subjectKeyIdentifier
+		{2, 5, 29, 35}, // authorityKeyIdentifier
+	} {
+		if id.Equal(oid) {
+			return true
+		}
+	}
+	return false
+}
+
+// isEmptyName reports whether a DER Name holds no RDN.
+func isEmptyName(raw []byte) bool {
+	var rdns asn1.RawValue
+	rest, err := asn1.Unmarshal(raw, &rdns)
+	return len(raw) == 0 || (err == nil && len(rest) == 0 && len(rdns.Bytes) == 0)
+}
+
+var attributeOIDs = map[privatecapb.AttributeType]asn1.ObjectIdentifier{
+	privatecapb.AttributeType_COMMON_NAME:         {2, 5, 4, 3},
+	privatecapb.AttributeType_COUNTRY_CODE:        {2, 5, 4, 6},
+	privatecapb.AttributeType_ORGANIZATION:        {2, 5, 4, 10},
+	privatecapb.AttributeType_ORGANIZATIONAL_UNIT: {2, 5, 4, 11},
+	privatecapb.AttributeType_LOCALITY:            {2, 5, 4, 7},
+	privatecapb.AttributeType_PROVINCE:            {2, 5, 4, 8},
+	privatecapb.AttributeType_STREET_ADDRESS:      {2, 5, 4, 9},
+	privatecapb.AttributeType_POSTAL_CODE:         {2, 5, 4, 17},
+}
+
+// subjectName encodes a config's subject: from rdn_sequence when it is set
+// (multi-valued RDNs kept), else from the named fields (empty ones left
+// out).
+func subjectName(s *privatecapb.Subject) ([]byte, error) {
+	if rdns := s.GetRdnSequence(); len(rdns) > 0 {
+		var seq pkix.RDNSequence
+		for _, rdn := range rdns {
+			var set pkix.RelativeDistinguishedNameSET
+			for _, a := range rdn.GetAttributes() {
+				oid, ok := attributeOIDs[a.GetType()]
+				if id := a.GetObjectId(); id != nil {
+					oid, ok = nil, len(id.GetObjectIdPath()) >= 2
+					for _, x := range id.GetObjectIdPath() {
+						oid = append(oid, int(x))
+					}
+				}
+				if !ok {
+					return nil, status.Error(codes.InvalidArgument, "subject.rdn_sequence: an attribute has no type")
+				}
+				set = append(set, pkix.AttributeTypeAndValue{Type: oid, Value: a.GetValue()})
+			}
+			if len(set) == 0 {
+				return nil, status.Error(codes.InvalidArgument, "subject.rdn_sequence: an RDN has no attribute")
+			}
+			seq = append(seq, set)
+		}
+		return marshalName(seq)
+	}
 	var n pkix.Name
 	add := func(dst *[]string, v string) {
 		if v != "" {
@@ -568,7 +737,15 @@ func subjectName(s *privatecapb.Subject) pkix.Name {
 	add(&n.Province, s.GetProvince())
 	add(&n.StreetAddress, s.GetStreetAddress())
 	add(&n.PostalCode, s.GetPostalCode())
-	return n
+	return marshalName(n.ToRDNSequence())
+}
+
+func marshalName(seq pkix.RDNSequence) ([]byte, error) {
+	der, err := asn1.Marshal(seq)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "subject does not encode: %v", err)
+	}
+	return der, nil
 }
 
 func keyUsage(k *privatecapb.KeyUsage) (x509.KeyUsage, []x509.ExtKeyUsage) {
