@@ -36,6 +36,11 @@ type Identity struct {
 	ID             spiffeid.ID
 	Namespace      string
 	ServiceAccount string
+	// ServiceAccountUID, and the pod (name, UID) and node a bound token
+	// names, when the credential says them.
+	ServiceAccountUID string
+	PodName, PodUID   string
+	NodeName          string
 	// Cluster is the cluster whose authority vouched for the caller.
 	Cluster string
 	// Method names the authenticator that accepted the caller, for audit.

@@ -30,9 +30,11 @@ import (
 	"github.com/meshca/broker/authn/kube"
 	"github.com/meshca/broker/authn/mtls"
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/cluster"
 	"github.com/meshca/broker/config"
 	"github.com/meshca/broker/policy"
 	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
+	"github.com/meshca/broker/runner"
 	"github.com/meshca/broker/server"
 	"github.com/meshca/broker/servingcert"
 	"github.com/meshca/broker/trust"
@@ -62,7 +64,8 @@ type Broker struct {
 	metrics  *http.Server
 	metLis   net.Listener
 	rotator  *servingcert.Rotator
-	cancel   context.CancelFunc
+	parts    *runner.Group
+	clusters *cluster.Registry
 	wg       sync.WaitGroup
 	serveErr chan error
 }
@@ -87,12 +90,19 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	authenticator, err := authenticators(cfg, anchors, opts.ExtraAuthenticators)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var clusters *cluster.Registry
+	if *cfg.Authn.Kubernetes.Enabled {
+		if clusters, err = newClusters(cfg, log); err != nil {
+			return nil, err
+		}
+		reg.MustRegister(clusterStates{clusters})
+	}
+	authenticator, err := authenticators(cfg, anchors, clusters, opts.ExtraAuthenticators)
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := server.New(server.Config{
 		Authenticator: authenticator,
 		Policy:        pol,
@@ -133,11 +143,10 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 			return nil, fmt.Errorf("listen: %w", err)
 		}
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	b := &Broker{Signer: signer, Anchors: anchors, Log: log, grpc: gs, lis: lis, rotator: rot, cancel: cancel, serveErr: make(chan error, 2)}
+	parts := &runner.Group{Log: log}
+	b := &Broker{Signer: signer, Anchors: anchors, Log: log, grpc: gs, lis: lis, rotator: rot, parts: parts, clusters: clusters, serveErr: make(chan error, 2)}
 	if cfg.MetricsListen != "off" {
 		if b.metLis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
-			cancel()
 			lis.Close()
 			return nil, fmt.Errorf("metricsListen: %w", err)
 		}
@@ -149,20 +158,26 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 				http.Error(w, "no serving certificate", http.StatusServiceUnavailable)
 				return
 			}
+			if clusters != nil && !clusters.Ready() {
+				http.Error(w, "local cluster not synced yet", http.StatusServiceUnavailable)
+				return
+			}
 			fmt.Fprintln(w, "ok")
 		})
 		b.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		b.goServe(func() error { return b.metrics.Serve(b.metLis) })
 	}
-	b.wg.Add(1)
-	go func() { defer b.wg.Done(); rot.Run(runCtx) }()
-	// Authenticators with background work (JWKS refresh) run until Stop.
+	// Every long-running part under one lifecycle.
+	parts.Add("serving-certificate", runner.Func(func(ctx context.Context) error { rot.Run(ctx); return nil }))
+	if clusters != nil {
+		parts.Add("clusters", clusters)
+	}
 	for _, a := range authenticator {
 		if r, ok := a.(interface{ Run(context.Context) }); ok {
-			b.wg.Add(1)
-			go func() { defer b.wg.Done(); r.Run(runCtx) }()
+			parts.Add("authn-"+a.Name(), runner.Func(func(ctx context.Context) error { r.Run(ctx); return nil }))
 		}
 	}
+	parts.Start()
 	b.goServe(func() error { return gs.Serve(lis) })
 	log.Info("broker serving", "addr", lis.Addr().String(), "backend", cfg.Backend.Type, "trustDomain", cfg.TrustDomain, "clusterID", cfg.ClusterID)
 	return b, nil
@@ -227,7 +242,7 @@ func (b *Broker) Stop(ctx context.Context) {
 	if b.metrics != nil {
 		_ = b.metrics.Shutdown(ctx)
 	}
-	b.cancel()
+	b.parts.Stop()
 	b.wg.Wait()
 	// Backends with background work (Vault token renewal) or connections
 	// (Google CAS) release them.
@@ -238,7 +253,68 @@ func (b *Broker) Stop(ctx context.Context) {
 	}
 }
 
-func authenticators(cfg *config.Config, anchors *trust.Anchors, extra []authn.Authenticator) (authn.Chain, error) {
+// newClusters builds the cluster registry: the local cluster and the
+// remote ones Istio remote secrets or a kubeconfig directory name.
+func newClusters(cfg *config.Config, log *slog.Logger) (*cluster.Registry, error) {
+	k := cfg.Authn.Kubernetes
+	rc, err := kube.RESTConfig(k.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("authn.kubernetes: %w", err)
+	}
+	rcfg := cluster.RegistryConfig{
+		LocalID:       cfg.ClusterID,
+		Local:         rc,
+		Aliases:       k.Clusters.Aliases,
+		KubeconfigDir: k.Clusters.KubeconfigDir,
+		KubeconfigPolicy: cluster.KubeconfigPolicy{
+			AllowExec: k.Clusters.AllowExec, AllowAuthProvider: k.Clusters.AllowAuthProvider, AllowFiles: k.Clusters.AllowFiles,
+		},
+		Options: cluster.Options{
+			TrustDomain: spiffeid.RequireTrustDomainFromString(cfg.TrustDomain),
+			Audiences:   k.Audiences,
+			QPS:         k.QPS,
+			Burst:       k.Burst,
+			SyncTimeout: k.Clusters.SyncTimeout.Duration,
+			Log:         log,
+		},
+	}
+	if *k.Clusters.RemoteSecrets {
+		rcfg.SecretNamespace = k.Clusters.SecretNamespace
+	}
+	reg, err := cluster.NewRegistry(rcfg)
+	if err != nil {
+		return nil, fmt.Errorf("authn.kubernetes.clusters: %w", err)
+	}
+	return reg, nil
+}
+
+// clusterStates exports each cluster's sync state and cache sizes.
+type clusterStates struct{ r *cluster.Registry }
+
+var (
+	clusterStateDesc = prometheus.NewDesc("meshca_cluster_state", "1 for each cluster's current sync state (syncing, synced, failed).", []string{"cluster", "state"}, nil)
+	clusterObjDesc   = prometheus.NewDesc("meshca_cluster_cached_objects", "Objects cached per cluster for revocation checks.", []string{"cluster", "kind"}, nil)
+)
+
+func (c clusterStates) Describe(ch chan<- *prometheus.Desc) {
+	ch <- clusterStateDesc
+	ch <- clusterObjDesc
+}
+
+func (c clusterStates) Collect(ch chan<- prometheus.Metric) {
+	for _, cl := range c.r.All() {
+		ch <- prometheus.MustNewConstMetric(clusterStateDesc, prometheus.GaugeValue, 1, cl.ID, string(cl.State()))
+		pods, sas := cl.Counts()
+		ch <- prometheus.MustNewConstMetric(clusterObjDesc, prometheus.GaugeValue, float64(pods), cl.ID, "pods")
+		ch <- prometheus.MustNewConstMetric(clusterObjDesc, prometheus.GaugeValue, float64(sas), cl.ID, "serviceaccounts")
+	}
+}
+
+// Clusters is the cluster registry (nil when Kubernetes authentication is
+// off).
+func (b *Broker) Clusters() *cluster.Registry { return b.clusters }
+
+func authenticators(cfg *config.Config, anchors *trust.Anchors, clusters *cluster.Registry, extra []authn.Authenticator) (authn.Chain, error) {
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	var chain authn.Chain
 	if *cfg.Authn.ClientCertificates {
@@ -246,19 +322,24 @@ func authenticators(cfg *config.Config, anchors *trust.Anchors, extra []authn.Au
 		for _, a := range cfg.TrustDomainAliases {
 			aliases = append(aliases, spiffeid.RequireTrustDomainFromString(a))
 		}
-		m, err := mtls.New(mtls.Config{Anchors: anchors.Get, TrustDomain: td, Aliases: aliases})
+		mc := mtls.Config{Anchors: anchors.Get, TrustDomain: td, Aliases: aliases}
+		if clusters != nil {
+			mc.ServiceAccountExists = clusters.ServiceAccountExists
+		}
+		m, err := mtls.New(mc)
 		if err != nil {
 			return nil, fmt.Errorf("authn.clientCertificates: %w", err)
 		}
 		chain = append(chain, m)
 	}
 	if *cfg.Authn.Kubernetes.Enabled {
-		k, err := kube.New(kube.Config{
-			ClusterID:   cfg.ClusterID,
-			Kubeconfig:  cfg.Authn.Kubernetes.Kubeconfig,
-			Audiences:   cfg.Authn.Kubernetes.Audiences,
-			TrustDomain: td,
-			Timeout:     cfg.Authn.Kubernetes.Timeout.Duration,
+		k, err := kube.NewForClusters(kube.Config{
+			ClusterID:    cfg.ClusterID,
+			Clusters:     kube.Registry{R: clusters},
+			Verification: cfg.Authn.Kubernetes.Verification,
+			Audiences:    cfg.Authn.Kubernetes.Audiences,
+			TrustDomain:  td,
+			Timeout:      cfg.Authn.Kubernetes.Timeout.Duration,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("authn.kubernetes: %w", err)

@@ -82,6 +82,36 @@ type Kubernetes struct {
 	Audiences []string `json:"audiences,omitempty"`
 	// Timeout of one TokenReview (default 5s).
 	Timeout Duration `json:"timeout,omitempty"`
+	// Verification: local (default: signature against the cluster's
+	// issuer keys, then live bound-object checks; TokenReview when that
+	// cannot decide) or tokenreview (every token).
+	Verification string `json:"verification,omitempty"`
+	// QPS and Burst of each cluster's client (defaults 1000 / 2000).
+	QPS   float32 `json:"qps,omitempty"`
+	Burst int     `json:"burst,omitempty"`
+	// Clusters beyond the local one.
+	Clusters Clusters `json:"clusters,omitempty"`
+}
+
+// Clusters configures the remote clusters of a multi-cluster mesh.
+type Clusters struct {
+	// RemoteSecrets: watch Istio remote secrets (label
+	// istio/multiCluster=true) in SecretNamespace (default true).
+	RemoteSecrets *bool `json:"remoteSecrets,omitempty"`
+	// SecretNamespace (default: $POD_NAMESPACE, else istio-system).
+	SecretNamespace string `json:"secretNamespace,omitempty"`
+	// KubeconfigDir: one kubeconfig per remote cluster, named by its ID.
+	KubeconfigDir string `json:"kubeconfigDir,omitempty"`
+	// Aliases: another name of a cluster -> its ID.
+	Aliases map[string]string `json:"aliases,omitempty"`
+	// What remote kubeconfigs may do (all false by default: they are
+	// untrusted input).
+	AllowExec         bool `json:"allowExec,omitempty"`
+	AllowAuthProvider bool `json:"allowAuthProvider,omitempty"`
+	AllowFiles        bool `json:"allowFiles,omitempty"`
+	// SyncTimeout: a cluster not synced by then is reported failed and
+	// verified by TokenReview meanwhile (default 30s).
+	SyncTimeout Duration `json:"syncTimeout,omitempty"`
 }
 
 // JWKS verifies tokens locally against a key set.
@@ -228,6 +258,21 @@ func (c *Config) ApplyDefaults() {
 		c.Authn.Kubernetes.Audiences = []string{"istio-ca"}
 	}
 	defD(&c.Authn.Kubernetes.Timeout, 5*time.Second)
+	def(&c.Authn.Kubernetes.Verification, "local")
+	if c.Authn.Kubernetes.QPS == 0 {
+		c.Authn.Kubernetes.QPS = 1000
+	}
+	if c.Authn.Kubernetes.Burst == 0 {
+		c.Authn.Kubernetes.Burst = 2000
+	}
+	cl := &c.Authn.Kubernetes.Clusters
+	if cl.RemoteSecrets == nil {
+		t := true
+		cl.RemoteSecrets = &t
+	}
+	def(&cl.SecretNamespace, os.Getenv("POD_NAMESPACE"))
+	def(&cl.SecretNamespace, "istio-system")
+	defD(&cl.SyncTimeout, 30*time.Second)
 	for i := range c.Authn.JWKS {
 		if len(c.Authn.JWKS[i].Audiences) == 0 {
 			c.Authn.JWKS[i].Audiences = []string{"istio-ca"}
@@ -308,6 +353,22 @@ func (c *Config) Validate() error {
 	}
 	if c.TLS.TTL.Duration < 10*time.Minute {
 		bad("tls.ttl", "%s is shorter than 10m", c.TLS.TTL)
+	}
+	switch c.Authn.Kubernetes.Verification {
+	case "local", "tokenreview":
+	default:
+		bad("authn.kubernetes.verification", "%q is neither local nor tokenreview", c.Authn.Kubernetes.Verification)
+	}
+	if c.Authn.Kubernetes.QPS < 0 || c.Authn.Kubernetes.Burst < 0 {
+		bad("authn.kubernetes.qps", "qps and burst must not be negative")
+	}
+	for alias, id := range c.Authn.Kubernetes.Clusters.Aliases {
+		if alias == "" || id == "" || alias == id {
+			bad("authn.kubernetes.clusters.aliases", "%q -> %q is not an alias", alias, id)
+		}
+	}
+	if d := c.Authn.Kubernetes.Clusters.SyncTimeout.Duration; d <= 0 || d > 10*time.Minute {
+		bad("authn.kubernetes.clusters.syncTimeout", "%s is outside (0, 10m]", d)
 	}
 	for i, j := range c.Authn.JWKS {
 		key := fmt.Sprintf("authn.jwks[%d]", i)

@@ -74,8 +74,12 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertificateRequest) (*authv1.IstioCertificateResponse, error) {
 	a := s.newAudit(ctx)
 
-	// 1. Authenticate: who is calling?
-	id, err := s.cfg.Authenticator.Authenticate(ctx, callerOf(ctx))
+	// 1. Authenticate: who is calling, in which cluster?
+	caller, err := callerOf(ctx)
+	if err != nil {
+		return nil, a.refuse(status.Error(codes.InvalidArgument, err.Error()))
+	}
+	id, err := s.cfg.Authenticator.Authenticate(ctx, caller)
 	if err != nil {
 		return nil, a.refuse(authnStatus(err))
 	}
@@ -119,7 +123,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 }
 
 // callerOf collects what the transport says about the caller.
-func callerOf(ctx context.Context) *authn.Request {
+func callerOf(ctx context.Context) (*authn.Request, error) {
 	r := &authn.Request{}
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
@@ -128,15 +132,21 @@ func callerOf(ctx context.Context) *authn.Request {
 			break
 		}
 	}
-	if v := md.Get("clusterid"); len(v) > 0 {
+	switch v := md.Get("clusterid"); len(v) {
+	case 0:
+	case 1:
 		r.ClusterID = v[0]
+	default:
+		// Which one would the token be checked against? Refuse rather
+		// than guess.
+		return nil, fmt.Errorf("clusterid metadata has %d values %q; send exactly one", len(v), v)
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
 			r.PeerCertificates = ti.State.PeerCertificates
 		}
 	}
-	return r
+	return r, nil
 }
 
 func authnStatus(err error) error {

@@ -63,6 +63,10 @@ const (
 	maxJWKSBytes  = 1 << 20
 )
 
+// ErrUnknownKey marks a refusal because the token's key ID is not in the
+// key set (yet): a caller that can ask the issuer otherwise may.
+var ErrUnknownKey = errors.New("unknown signing key")
+
 // DefaultAlgorithms are the signature algorithms Kubernetes signs
 // service-account tokens with (RSA and ECDSA keys; PS* for external
 // signers). HMAC and "none" are never accepted.
@@ -105,6 +109,10 @@ type Config struct {
 	// HTTPClient, if set, is used for URL as is (CA and bearer token
 	// fields are then ignored), e.g. rest.HTTPClientFor(kubeconfig).
 	HTTPClient *http.Client
+	// Fetch, instead of File or URL, returns the key set (e.g. through a
+	// cluster's client); Source names it in messages.
+	Fetch  func(ctx context.Context) ([]byte, error)
+	Source string
 
 	// Algorithms allowed in the token header. Default DefaultAlgorithms.
 	Algorithms []jose.SignatureAlgorithm
@@ -148,7 +156,13 @@ func New(cfg Config) (*Authenticator, error) {
 	if cfg.TrustDomain.IsZero() {
 		return nil, errors.New("jwks authenticator: trust domain is required")
 	}
-	if (cfg.File == "") == (cfg.URL == "") {
+	sources := 0
+	for _, set := range []bool{cfg.File != "", cfg.URL != "", cfg.Fetch != nil} {
+		if set {
+			sources++
+		}
+	}
+	if sources != 1 {
 		return nil, errors.New("jwks authenticator: set exactly one of file and url")
 	}
 	if cfg.ClusterID == "" {
@@ -185,10 +199,13 @@ func New(cfg Config) (*Authenticator, error) {
 		cfg.Now = time.Now
 	}
 	a := &Authenticator{cfg: cfg, limiter: rate.NewLimiter(rate.Every(cfg.MinRefreshInterval), 1)}
-	if cfg.File != "" {
+	switch {
+	case cfg.Fetch != nil:
+		a.fetch = cfg.Fetch
+	case cfg.File != "":
 		path := cfg.File
 		a.fetch = func(context.Context) ([]byte, error) { return os.ReadFile(path) }
-	} else {
+	default:
 		f, err := newHTTPFetcher(cfg)
 		if err != nil {
 			return nil, err
@@ -323,7 +340,10 @@ func (a *Authenticator) refresh(ctx context.Context, seen uint64) error {
 }
 
 func (a *Authenticator) source() string {
-	if a.cfg.File != "" {
+	switch {
+	case a.cfg.Source != "":
+		return a.cfg.Source
+	case a.cfg.File != "":
 		return a.cfg.File
 	}
 	return a.cfg.URL
@@ -411,11 +431,29 @@ type kubeClaims struct {
 	Namespace      string  `json:"namespace"`
 	ServiceAccount *objRef `json:"serviceaccount"`
 	Pod            *objRef `json:"pod"`
+	Node           *objRef `json:"node"`
+	Secret         *objRef `json:"secret"`
 }
 
 type objRef struct {
 	Name string `json:"name"`
 	UID  string `json:"uid"`
+}
+
+// Claims is what a verified service-account token says.
+type Claims struct {
+	Namespace, ServiceAccount string
+	// ServiceAccountUID, and the bound objects with their UIDs, are empty
+	// when the token does not name them (a legacy secret-based token).
+	ServiceAccountUID string
+	PodName, PodUID   string
+	NodeName, NodeUID string
+	SecretName        string
+	// Bound reports whether the token carries the service account's UID,
+	// so that a revocation check against live objects can decide.
+	Bound   bool
+	Subject string
+	Expiry  time.Time
 }
 
 // Authenticate implements authn.Authenticator.
@@ -426,10 +464,46 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 	if req.ClusterID != "" && req.ClusterID != a.cfg.ClusterID {
 		return nil, fmt.Errorf("%w: jwt: unknown cluster %q (this authenticator verifies tokens of cluster %q)", authn.ErrDenied, req.ClusterID, a.cfg.ClusterID)
 	}
-	if len(req.BearerToken) > maxTokenBytes {
-		return nil, fmt.Errorf("%w: jwt: bearer token is %d bytes, more than a service-account token can be", authn.ErrDenied, len(req.BearerToken))
+	c, err := a.VerifyToken(ctx, req.BearerToken)
+	if err != nil {
+		return nil, err
 	}
-	tok, err := jwt.ParseSigned(req.BearerToken, a.cfg.Algorithms)
+	return c.Identity(a.cfg.TrustDomain, a.cfg.ClusterID)
+}
+
+// Identity is the workload the claims name, in trust domain td and
+// cluster.
+func (c *Claims) Identity(td spiffeid.TrustDomain, cluster string) (*authn.Identity, error) {
+	id, err := authn.WorkloadID(td, c.Namespace, c.ServiceAccount)
+	if err != nil {
+		return nil, fmt.Errorf("jwt: %w", err)
+	}
+	subject := c.Subject
+	if c.PodName != "" {
+		subject += " pod=" + c.PodName
+	}
+	return &authn.Identity{
+		ID:                id,
+		Namespace:         c.Namespace,
+		ServiceAccount:    c.ServiceAccount,
+		ServiceAccountUID: c.ServiceAccountUID,
+		PodName:           c.PodName,
+		PodUID:            c.PodUID,
+		NodeName:          c.NodeName,
+		Cluster:           cluster,
+		Subject:           subject,
+	}, nil
+}
+
+// VerifyToken checks token's signature against the issuer's keys and its
+// issuer, audience, expiry and not-before (with the leeway), and returns
+// what it says. It does not know whether the objects it is bound to still
+// exist.
+func (a *Authenticator) VerifyToken(ctx context.Context, token string) (*Claims, error) {
+	if len(token) > maxTokenBytes {
+		return nil, fmt.Errorf("%w: jwt: bearer token is %d bytes, more than a service-account token can be", authn.ErrDenied, len(token))
+	}
+	tok, err := jwt.ParseSigned(token, a.cfg.Algorithms)
 	if err != nil {
 		return nil, fmt.Errorf("%w: jwt: not a compact JWS signed with an allowed algorithm: %v", authn.ErrDenied, err)
 	}
@@ -463,7 +537,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 	if err != nil {
 		return nil, fmt.Errorf("jwt: %w", err)
 	}
-	subject := std.Subject
+	c := &Claims{Namespace: ns, ServiceAccount: sa, Subject: std.Subject, Expiry: std.Expiry.Time()}
 	if k := priv.Kubernetes; k != nil {
 		// The API server writes both; disagreement means the token was
 		// not minted by it, whatever its signature says.
@@ -474,21 +548,22 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 			}
 			return nil, fmt.Errorf("%w: jwt: kubernetes.io claim names %s/%s but sub is %q", authn.ErrDenied, k.Namespace, saName, std.Subject)
 		}
-		if k.Pod != nil && k.Pod.Name != "" {
-			subject += " pod=" + k.Pod.Name
+		c.ServiceAccountUID = k.ServiceAccount.UID
+		c.Bound = c.ServiceAccountUID != ""
+		if k.Pod != nil {
+			c.PodName, c.PodUID = k.Pod.Name, k.Pod.UID
+			if c.PodName == "" || c.PodUID == "" {
+				return nil, fmt.Errorf("%w: jwt: kubernetes.io claim names a pod without name or uid", authn.ErrDenied)
+			}
+		}
+		if k.Node != nil {
+			c.NodeName, c.NodeUID = k.Node.Name, k.Node.UID
+		}
+		if k.Secret != nil {
+			c.SecretName = k.Secret.Name
 		}
 	}
-	id, err := authn.WorkloadID(a.cfg.TrustDomain, ns, sa)
-	if err != nil {
-		return nil, fmt.Errorf("jwt: %w", err)
-	}
-	return &authn.Identity{
-		ID:             id,
-		Namespace:      ns,
-		ServiceAccount: sa,
-		Cluster:        a.cfg.ClusterID,
-		Subject:        subject,
-	}, nil
+	return c, nil
 }
 
 // verify checks the signature, fetching the key set when it is missing,
@@ -526,7 +601,7 @@ func (a *Authenticator) verify(ctx context.Context, tok *jwt.JSONWebToken, hdr j
 			}
 		}
 		if len(candidates) == 0 {
-			return fmt.Errorf("%w: jwt: signing key %q is not in the key set of %s", authn.ErrDenied, hdr.KeyID, a.cfg.Issuer)
+			return fmt.Errorf("%w: %w: jwt: signing key %q is not in the key set of %s", authn.ErrDenied, ErrUnknownKey, hdr.KeyID, a.cfg.Issuer)
 		}
 	}
 	var err error

@@ -1,11 +1,21 @@
 // Package kube authenticates Istio agents by their Kubernetes
-// service-account token: it asks the cluster's API server (TokenReview) to
-// vouch for the token and turns the service account it names into a SPIFFE
+// service-account token, checked against the cluster the agent says it is
+// in (its clusterid), and turns the service account into a SPIFFE
 // workload identity.
 //
-// TokenReview, unlike local JWT verification, also refuses tokens whose
-// bound object (pod, secret) has been deleted, so it is the authority of
-// choice whenever the broker can reach the API server.
+// Two ways of checking, per cluster:
+//   - local (the default): the token's signature is verified against the
+//     cluster's own issuer keys, then what it is bound to is looked up in
+//     the broker's live caches of that cluster: the service account with
+//     the token's UID and, for a pod-bound token, the pod with the token's
+//     UID (on the token's node, where it names one). A deleted or
+//     recreated object is refused as soon as its watch event arrives
+//     (well under the API server's own 10 s TokenReview cache). Whenever
+//     local checking cannot decide (caches not synced, issuer keys not
+//     fetched, a token without bound-object claims such as a legacy secret
+//     token, a signing key the broker has not seen yet) the token goes to
+//     TokenReview instead.
+//   - tokenreview: every token is sent to the cluster's API server.
 package kube
 
 import (
@@ -25,6 +35,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/authn/jwks"
+	"github.com/meshca/broker/cluster"
 )
 
 const (
@@ -58,20 +70,40 @@ type Reviewer interface {
 	Review(ctx context.Context, token string, audiences []string) (*authenticationv1.TokenReviewStatus, error)
 }
 
-// Clusters finds the reviewer for a cluster other than the broker's own
-// (remote clusters in a multi-cluster mesh).
+// Cluster is what the authenticator needs of one cluster (a
+// *cluster.Cluster, or a fake in tests).
+type Cluster interface {
+	Reviewer
+	// VerifyToken verifies the token locally; cluster.ErrNotReady when
+	// it cannot yet.
+	VerifyToken(ctx context.Context, token string) (*jwks.Claims, error)
+	// Synced reports whether the object caches are current.
+	Synced() bool
+	ServiceAccountUID(namespace, name string) (string, bool)
+	Pod(namespace, name string) (cluster.Pod, bool)
+}
+
+// Clusters finds the cluster an agent's clusterid names: empty is the
+// broker's own; cluster.ErrUnknown when there is none.
 type Clusters interface {
-	Reviewer(clusterID string) (Reviewer, bool)
+	Get(clusterID string) (Cluster, string, error)
 }
 
-// ClusterMap is a fixed set of remote clusters.
+// Registry adapts a cluster.Registry.
+type Registry struct{ R *cluster.Registry }
+
+// Get implements Clusters.
+func (r Registry) Get(id string) (Cluster, string, error) {
+	c, err := r.R.Get(id)
+	if err != nil {
+		return nil, "", err
+	}
+	return c, c.ID, nil
+}
+
+// ClusterMap is a fixed set of remote clusters known only by a Reviewer
+// (TokenReview only).
 type ClusterMap map[string]Reviewer
-
-// Reviewer implements Clusters.
-func (m ClusterMap) Reviewer(clusterID string) (Reviewer, bool) {
-	r, ok := m[clusterID]
-	return r, ok
-}
 
 // ClientReviewer reviews tokens with TokenReview through a clientset. The
 // clientset's identity needs "create" on tokenreviews.authentication.k8s.io
@@ -91,15 +123,28 @@ func (r ClientReviewer) Review(ctx context.Context, token string, audiences []st
 	return &tr.Status, nil
 }
 
+// Verification modes.
+const (
+	// Local verification with live bound-object checks, TokenReview when
+	// that cannot decide. The default.
+	Local = "local"
+	// TokenReview for every token.
+	TokenReview = "tokenreview"
+)
+
 // Config configures an Authenticator.
 type Config struct {
-	// ClusterID is the cluster this broker runs in; requests whose
-	// clusterid is empty or equal to it are reviewed by the local API
-	// server. Default DefaultClusterID.
+	// ClusterID is the cluster this broker runs in (default
+	// DefaultClusterID); used by New and NewWithReviewer, which build a
+	// fixed set of clusters.
 	ClusterID string
 	// Kubeconfig is the path of a kubeconfig for the local cluster; empty
 	// means in-cluster configuration. Used only by New.
 	Kubeconfig string
+	// Clusters, for NewForClusters.
+	Clusters Clusters
+	// Verification is Local (default) or TokenReview.
+	Verification string
 	// Audiences are requested in every review; the token must carry at
 	// least one. Default [DefaultAudience].
 	Audiences []string
@@ -107,25 +152,24 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Timeout bounds one review. Default DefaultTimeout.
 	Timeout time.Duration
-	// Remote resolves other clusters; nil means this broker serves only
-	// its own cluster.
-	Remote Clusters
+	// Remote resolves other clusters for NewWithReviewer.
+	Remote ClusterMap
 }
 
-// Authenticator implements authn.Authenticator with TokenReview.
+// Authenticator implements authn.Authenticator.
 type Authenticator struct {
-	clusterID   string
 	audiences   []string
 	trustDomain spiffeid.TrustDomain
 	timeout     time.Duration
-	local       Reviewer
-	remote      Clusters
+	clusters    Clusters
+	mode        string
+	localID     string
 }
 
 var _ authn.Authenticator = (*Authenticator)(nil)
 
-// New builds an Authenticator whose local reviewer uses cfg.Kubeconfig (or
-// the in-cluster configuration).
+// New builds a TokenReview-only authenticator for the cluster of
+// cfg.Kubeconfig (or the in-cluster configuration).
 func New(cfg Config) (*Authenticator, error) {
 	rc, err := RESTConfig(cfg.Kubeconfig)
 	if err != nil {
@@ -138,25 +182,45 @@ func New(cfg Config) (*Authenticator, error) {
 	return NewWithReviewer(cfg, ClientReviewer{Client: cs})
 }
 
-// NewWithReviewer builds an Authenticator around an existing local
-// reviewer (cfg.Kubeconfig is ignored).
+// NewWithReviewer builds a TokenReview-only authenticator around a local
+// reviewer and cfg.Remote.
 func NewWithReviewer(cfg Config, local Reviewer) (*Authenticator, error) {
 	if local == nil {
 		return nil, errors.New("kube authenticator: no reviewer for the local cluster")
+	}
+	if cfg.ClusterID == "" {
+		cfg.ClusterID = DefaultClusterID
+	}
+	cfg.Clusters = reviewers{local: cfg.ClusterID, reviewers: map[string]Reviewer{cfg.ClusterID: local}}
+	for id, r := range cfg.Remote {
+		cfg.Clusters.(reviewers).reviewers[id] = r
+	}
+	cfg.Verification = TokenReview
+	return NewForClusters(cfg)
+}
+
+// NewForClusters builds an authenticator over cfg.Clusters.
+func NewForClusters(cfg Config) (*Authenticator, error) {
+	if cfg.Clusters == nil {
+		return nil, errors.New("kube authenticator: no clusters")
 	}
 	if cfg.TrustDomain.IsZero() {
 		return nil, errors.New("kube authenticator: trust domain is required")
 	}
 	a := &Authenticator{
-		clusterID:   cfg.ClusterID,
 		audiences:   slices.Clone(cfg.Audiences),
 		trustDomain: cfg.TrustDomain,
 		timeout:     cfg.Timeout,
-		local:       local,
-		remote:      cfg.Remote,
+		clusters:    cfg.Clusters,
+		mode:        cfg.Verification,
+		localID:     cfg.ClusterID,
 	}
-	if a.clusterID == "" {
-		a.clusterID = DefaultClusterID
+	switch a.mode {
+	case "":
+		a.mode = Local
+	case Local, TokenReview:
+	default:
+		return nil, fmt.Errorf("kube authenticator: verification %q is neither %q nor %q", a.mode, Local, TokenReview)
 	}
 	if len(a.audiences) == 0 {
 		a.audiences = []string{DefaultAudience}
@@ -171,6 +235,33 @@ func NewWithReviewer(cfg Config, local Reviewer) (*Authenticator, error) {
 	}
 	return a, nil
 }
+
+// reviewers is a fixed set of TokenReview-only clusters.
+type reviewers struct {
+	local     string
+	reviewers map[string]Reviewer
+}
+
+func (r reviewers) Get(id string) (Cluster, string, error) {
+	if id == "" {
+		id = r.local
+	}
+	rv, ok := r.reviewers[id]
+	if !ok || rv == nil {
+		return nil, "", fmt.Errorf("%w %q (this broker serves cluster %q)", cluster.ErrUnknown, id, r.local)
+	}
+	return reviewOnly{rv}, id, nil
+}
+
+// reviewOnly is a cluster known only by its TokenReview endpoint.
+type reviewOnly struct{ Reviewer }
+
+func (reviewOnly) VerifyToken(context.Context, string) (*jwks.Claims, error) {
+	return nil, cluster.ErrNotReady
+}
+func (reviewOnly) Synced() bool                                    { return false }
+func (reviewOnly) ServiceAccountUID(string, string) (string, bool) { return "", false }
+func (reviewOnly) Pod(string, string) (cluster.Pod, bool)          { return cluster.Pod{}, false }
 
 // RESTConfig loads a kubeconfig file, or the in-cluster configuration when
 // path is empty, with rate limits fit for a CA.
@@ -198,10 +289,16 @@ func RESTConfig(path string) (*rest.Config, error) {
 }
 
 // Name implements authn.Authenticator.
-func (a *Authenticator) Name() string { return "kube-tokenreview" }
+func (a *Authenticator) Name() string {
+	if a.mode == TokenReview {
+		return "kube-tokenreview"
+	}
+	return "kube-jwt"
+}
 
-// ClusterID is the cluster this authenticator treats as local.
-func (a *Authenticator) ClusterID() string { return a.clusterID }
+// ClusterID is the cluster this authenticator treats as local (for the
+// fixed sets New and NewWithReviewer build).
+func (a *Authenticator) ClusterID() string { return a.localID }
 
 // Authenticate implements authn.Authenticator.
 func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*authn.Identity, error) {
@@ -209,30 +306,97 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 		return nil, fmt.Errorf("%w: no bearer token", authn.ErrNoCredential)
 	}
 	if len(req.BearerToken) > maxTokenBytes {
-		return nil, fmt.Errorf("%w: token review: bearer token is %d bytes, more than a service-account token can be", authn.ErrDenied, len(req.BearerToken))
+		return nil, fmt.Errorf("%w: bearer token is %d bytes, more than a service-account token can be", authn.ErrDenied, len(req.BearerToken))
 	}
-	cluster := req.ClusterID
-	var reviewer Reviewer
-	switch {
-	case cluster == "" || cluster == a.clusterID:
-		cluster, reviewer = a.clusterID, a.local
-	case a.remote != nil:
-		if r, ok := a.remote.Reviewer(cluster); ok && r != nil {
-			reviewer = r
+	// The cluster first: every check below is that cluster's.
+	c, clusterID, err := a.clusters.Get(req.ClusterID)
+	if err != nil {
+		if errors.Is(err, cluster.ErrUnknown) {
+			return nil, fmt.Errorf("%w: %v", authn.ErrDenied, err)
+		}
+		return nil, fmt.Errorf("%w: cluster %q: %v", authn.ErrUnavailable, req.ClusterID, err)
+	}
+	if a.mode == Local {
+		id, decided, err := a.verifyLocally(ctx, c, clusterID, req.BearerToken)
+		if decided {
+			return id, err
 		}
 	}
-	if reviewer == nil {
-		return nil, fmt.Errorf("%w: token review: unknown cluster %q (this broker serves cluster %q)", authn.ErrDenied, cluster, a.clusterID)
-	}
+	return a.review(ctx, c, clusterID, req.BearerToken)
+}
 
+// verifyLocally checks the token against the cluster's keys and live
+// objects. decided is false when only TokenReview can tell.
+func (a *Authenticator) verifyLocally(ctx context.Context, c Cluster, clusterID, token string) (id *authn.Identity, decided bool, err error) {
+	if !c.Synced() {
+		return nil, false, nil
+	}
+	claims, err := c.VerifyToken(ctx, token)
+	switch {
+	case errors.Is(err, cluster.ErrNotReady), errors.Is(err, authn.ErrUnavailable):
+		return nil, false, nil
+	case err != nil && errors.Is(err, jwks.ErrUnknownKey):
+		// A key the cluster started signing with after our last fetch
+		// (the fetch is rate-limited); the API server knows.
+		return nil, false, nil
+	case err != nil:
+		return nil, true, fmt.Errorf("token in cluster %q: %w", clusterID, err)
+	case !claims.Bound || claims.SecretName != "":
+		// Legacy or secret-bound tokens: what they are bound to is not
+		// cached here.
+		return nil, false, nil
+	}
+	if err := checkBound(c, clusterID, claims); err != nil {
+		return nil, true, err
+	}
+	id, err = claims.Identity(a.trustDomain, clusterID)
+	return id, true, err
+}
+
+// checkBound refuses a token whose service account or pod no longer
+// exists, or exists under another UID (deleted and recreated).
+func checkBound(c Cluster, clusterID string, cl *jwks.Claims) error {
+	uid, ok := c.ServiceAccountUID(cl.Namespace, cl.ServiceAccount)
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: token in cluster %q: service account %s/%s no longer exists", authn.ErrDenied, clusterID, cl.Namespace, cl.ServiceAccount)
+	case uid != cl.ServiceAccountUID:
+		return fmt.Errorf("%w: token in cluster %q: service account %s/%s has UID %s, the token was issued for UID %s (deleted and recreated)", authn.ErrDenied, clusterID, cl.Namespace, cl.ServiceAccount, uid, cl.ServiceAccountUID)
+	}
+	if cl.PodName == "" {
+		return nil
+	}
+	pod, ok := c.Pod(cl.Namespace, cl.PodName)
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: token in cluster %q: pod %s/%s it is bound to no longer exists", authn.ErrDenied, clusterID, cl.Namespace, cl.PodName)
+	case pod.UID != cl.PodUID:
+		return fmt.Errorf("%w: token in cluster %q: pod %s/%s has UID %s, the token is bound to UID %s (deleted and recreated)", authn.ErrDenied, clusterID, cl.Namespace, cl.PodName, pod.UID, cl.PodUID)
+	case pod.ServiceAccount != "" && pod.ServiceAccount != cl.ServiceAccount:
+		return fmt.Errorf("%w: token in cluster %q: pod %s/%s runs as %s, not %s", authn.ErrDenied, clusterID, cl.Namespace, cl.PodName, pod.ServiceAccount, cl.ServiceAccount)
+	case cl.NodeName != "" && pod.Node != "" && pod.Node != cl.NodeName:
+		return fmt.Errorf("%w: token in cluster %q: pod %s/%s runs on node %s, the token names node %s", authn.ErrDenied, clusterID, cl.Namespace, cl.PodName, pod.Node, cl.NodeName)
+	}
+	return nil
+}
+
+// review asks the cluster's API server.
+func (a *Authenticator) review(ctx context.Context, c Cluster, clusterID, token string) (*authn.Identity, error) {
 	rctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	status, err := reviewer.Review(rctx, req.BearerToken, a.audiences)
+	status, err := c.Review(rctx, token, a.audiences)
 	if err != nil {
-		return nil, classify(cluster, err)
+		return nil, classify(clusterID, err)
 	}
-	return a.identity(cluster, status)
+	return a.identity(clusterID, status)
 }
+
+// User-info extra keys under which the API server reports what a bound
+// token is bound to.
+const (
+	podUIDExtra   = "authentication.kubernetes.io/pod-uid"
+	nodeNameExtra = "authentication.kubernetes.io/node-name"
+)
 
 // identity checks what the API server said and maps it to a workload.
 func (a *Authenticator) identity(cluster string, st *authenticationv1.TokenReviewStatus) (*authn.Identity, error) {
@@ -260,16 +424,27 @@ func (a *Authenticator) identity(cluster string, st *authenticationv1.TokenRevie
 	if err != nil {
 		return nil, fmt.Errorf("token review in cluster %q: %w", cluster, err)
 	}
+	one := func(key string) string {
+		if v := st.User.Extra[key]; len(v) == 1 {
+			return v[0]
+		}
+		return ""
+	}
 	subject := username
-	if pods := st.User.Extra[PodNameExtra]; len(pods) == 1 && pods[0] != "" {
-		subject += " pod=" + pods[0]
+	pod := one(PodNameExtra)
+	if pod != "" {
+		subject += " pod=" + pod
 	}
 	return &authn.Identity{
-		ID:             id,
-		Namespace:      ns,
-		ServiceAccount: sa,
-		Cluster:        cluster,
-		Subject:        subject,
+		ID:                id,
+		Namespace:         ns,
+		ServiceAccount:    sa,
+		ServiceAccountUID: st.User.UID,
+		PodName:           pod,
+		PodUID:            one(podUIDExtra),
+		NodeName:          one(nodeNameExtra),
+		Cluster:           cluster,
+		Subject:           subject,
 	}, nil
 }
 

@@ -38,6 +38,13 @@ type Config struct {
 	Anchors func(ctx context.Context) ([]*x509.Certificate, error)
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// ServiceAccountExists, if set, is asked whether the certificate's
+	// service account still exists in some cluster the broker knows, so
+	// that a deleted workload cannot keep renewing until its certificate
+	// runs out. It returns the cluster that has it; decided is false when
+	// no cluster's view is current enough to say (the caller is then told
+	// to retry).
+	ServiceAccountExists func(namespace, name string) (cluster string, exists, decided bool)
 }
 
 // Authenticator implements authn.Authenticator for client certificates.
@@ -46,6 +53,7 @@ type Authenticator struct {
 	aliases []spiffeid.TrustDomain
 	anchors func(ctx context.Context) ([]*x509.Certificate, error)
 	now     func() time.Time
+	exists  func(namespace, name string) (string, bool, bool)
 }
 
 var _ authn.Authenticator = (*Authenticator)(nil)
@@ -58,7 +66,7 @@ func New(cfg Config) (*Authenticator, error) {
 	if cfg.Anchors == nil {
 		return nil, errors.New("mtls authenticator: trust anchors are required")
 	}
-	a := &Authenticator{primary: cfg.TrustDomain, anchors: cfg.Anchors, now: cfg.Now}
+	a := &Authenticator{primary: cfg.TrustDomain, anchors: cfg.Anchors, now: cfg.Now, exists: cfg.ServiceAccountExists}
 	for _, td := range cfg.Aliases {
 		if td.IsZero() {
 			return nil, errors.New("mtls authenticator: empty trust domain alias")
@@ -146,10 +154,22 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 	if err != nil {
 		return nil, fmt.Errorf("client certificate %s: %w", serial, err)
 	}
+	var cluster string
+	if a.exists != nil {
+		c, exists, decided := a.exists(ns, sa)
+		switch {
+		case !decided:
+			return nil, fmt.Errorf("%w: client certificate %s: cannot tell yet whether service account %s/%s still exists (no cluster synced)", authn.ErrUnavailable, serial, ns, sa)
+		case !exists:
+			return nil, fmt.Errorf("%w: client certificate %s: service account %s/%s no longer exists in any known cluster", authn.ErrDenied, serial, ns, sa)
+		}
+		cluster = c
+	}
 	return &authn.Identity{
 		ID:             primaryID,
 		Namespace:      ns,
 		ServiceAccount: sa,
+		Cluster:        cluster,
 		Subject:        serial,
 	}, nil
 }

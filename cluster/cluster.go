@@ -1,0 +1,405 @@
+// Package cluster is the broker's live view of the Kubernetes clusters it
+// serves: for each cluster its clients, the keys its service-account tokens
+// are signed with, and metadata-only caches of the objects tokens are bound
+// to (service accounts, pods), kept current by watches. The Registry holds
+// the local cluster and the remote ones that Istio remote secrets (or a
+// directory of kubeconfigs) name, and swaps a cluster's client without a
+// gap when its credentials change. Other packages ask it for a cluster by
+// ID and never build Kubernetes clients themselves.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshca/broker/authn/jwks"
+)
+
+// State is how far a cluster's view is.
+type State string
+
+const (
+	// Syncing: watches or the issuer's keys are not there yet; requests
+	// for the cluster are verified by TokenReview meanwhile.
+	Syncing State = "syncing"
+	// Synced: tokens can be verified locally and checked against live
+	// objects.
+	Synced State = "synced"
+	// Failed: not synced within the sync timeout; still retrying.
+	Failed State = "failed"
+	// Stopped: replaced or removed.
+	Stopped State = "stopped"
+)
+
+// Options are what every cluster's view needs from the broker.
+type Options struct {
+	// TrustDomain and Audiences configure local token verification.
+	TrustDomain spiffeid.TrustDomain
+	Audiences   []string
+	// QPS and Burst of the cluster's client. The broker's TokenReviews are
+	// the only per-request calls; they must not be capped below what the
+	// API server serves in a mass restart. Defaults 1000 and 2000.
+	QPS   float32
+	Burst int
+	// SyncTimeout is how long the cluster may take to sync before it is
+	// reported Failed (it keeps trying). Default 30s.
+	SyncTimeout time.Duration
+	// Now is the clock for token checks (tests).
+	Now func() time.Time
+	Log *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.QPS == 0 {
+		o.QPS = 1000
+	}
+	if o.Burst == 0 {
+		o.Burst = 2000
+	}
+	if o.SyncTimeout <= 0 {
+		o.SyncTimeout = 30 * time.Second
+	}
+	if len(o.Audiences) == 0 {
+		o.Audiences = []string{jwks.DefaultAudience}
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+}
+
+// Pod is what the broker keeps of a pod.
+type Pod struct {
+	Name, Namespace, UID  string
+	ServiceAccount, Node  string
+	Terminated, Deleting bool
+}
+
+// Cluster is one cluster's live view. Its methods are safe for concurrent
+// use and never block on the network except Review and VerifyToken.
+type Cluster struct {
+	ID     string
+	Client kubernetes.Interface
+	opts   Options
+	log    *slog.Logger
+
+	podInformer cache.SharedIndexInformer
+	saInformer  cache.SharedIndexInformer
+	factory     informers.SharedInformerFactory
+	mdFactory   metadatainformer.SharedInformerFactory
+
+	verifier atomic.Pointer[jwks.Authenticator]
+	issuer   atomic.Value // string
+
+	state     atomic.Value // State
+	synced    chan struct{}
+	startOnce sync.Once
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+const (
+	indexNodeServiceAccount = "node/ns/sa"
+	resync                  = 0 // watches only; nothing needs periodic relists
+)
+
+var serviceAccountsGVR = schema.GroupVersionResource{Version: "v1", Resource: "serviceaccounts"}
+
+// New builds a cluster's view from its REST configuration. It does no I/O;
+// Start begins watching.
+func New(id string, rc *rest.Config, opts Options) (*Cluster, error) {
+	opts.defaults()
+	rc = rest.CopyConfig(rc)
+	rc.QPS, rc.Burst = opts.QPS, opts.Burst
+	// Protobuf halves the CPU of decoding watch events and reviews.
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: clientset: %w", id, err)
+	}
+	mdc, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: metadata client: %w", id, err)
+	}
+	c := &Cluster{ID: id, Client: cs, opts: opts, log: opts.Log.With("cluster", id), synced: make(chan struct{}), done: make(chan struct{})}
+	c.state.Store(Syncing)
+	c.issuer.Store("")
+
+	c.factory = informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(stripPod))
+	c.podInformer = c.factory.Core().V1().Pods().Informer()
+	if err := c.podInformer.AddIndexers(cache.Indexers{indexNodeServiceAccount: func(obj any) ([]string, error) {
+		p, ok := obj.(*corev1.Pod)
+		if !ok || p.Spec.NodeName == "" {
+			return nil, nil
+		}
+		return []string{p.Spec.NodeName + "/" + p.Namespace + "/" + p.Spec.ServiceAccountName}, nil
+	}}); err != nil {
+		return nil, fmt.Errorf("cluster %s: pod index: %w", id, err)
+	}
+	c.mdFactory = metadatainformer.NewSharedInformerFactoryWithOptions(mdc, resync, metadatainformer.WithTransform(stripMetadata))
+	c.saInformer = c.mdFactory.ForResource(serviceAccountsGVR).Informer()
+	return c, nil
+}
+
+// stripPod keeps what the broker reads of a pod: a full pod is several
+// KiB, this is about a tenth of that.
+func stripPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: p.Name, Namespace: p.Namespace, UID: p.UID,
+			ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp,
+		},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName},
+		Status: corev1.PodStatus{Phase: p.Status.Phase},
+	}, nil
+}
+
+func stripMetadata(obj any) (any, error) {
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return obj, nil
+	}
+	return &metav1.PartialObjectMetadata{TypeMeta: m.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, DeletionTimestamp: m.DeletionTimestamp,
+	}}, nil
+}
+
+// Start begins watching and fetching the issuer's keys, in the background,
+// until Stop.
+func (c *Cluster) Start() {
+	c.startOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		c.cancel = cancel
+		c.factory.Start(ctx.Done())
+		c.mdFactory.Start(ctx.Done())
+		go func() {
+			defer close(c.done)
+			c.run(ctx)
+		}()
+	})
+}
+
+func (c *Cluster) run(ctx context.Context) {
+	start := time.Now()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.discoverIssuer(ctx)
+	}()
+	timeout := time.AfterFunc(c.opts.SyncTimeout, func() {
+		if c.State() == Syncing {
+			c.state.Store(Failed)
+			c.log.Error("cluster not synced in time; its tokens are verified by TokenReview until it is", "timeout", c.opts.SyncTimeout, "issuer", c.issuer.Load())
+		}
+	})
+	defer timeout.Stop()
+	if cache.WaitForCacheSync(ctx.Done(), c.podInformer.HasSynced, c.saInformer.HasSynced) {
+		// Wait for the issuer too: synced means local verification works.
+		for ctx.Err() == nil && c.verifier.Load() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if ctx.Err() == nil {
+			c.state.Store(Synced)
+			close(c.synced)
+			c.log.Info("cluster synced", "after", time.Since(start).Round(time.Millisecond).String(), "issuer", c.issuer.Load(),
+				"pods", len(c.podInformer.GetStore().ListKeys()), "serviceAccounts", len(c.saInformer.GetStore().ListKeys()))
+		}
+	}
+	if v := c.verifier.Load(); v != nil && ctx.Err() == nil {
+		v.Run(ctx) // refreshes the keys until ctx ends
+	}
+	wg.Wait()
+}
+
+// discoverIssuer learns the cluster's service-account issuer from its
+// OpenID discovery document, retrying until it succeeds, and builds the
+// local verifier over the cluster's own /openid/v1/jwks.
+func (c *Cluster) discoverIssuer(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		issuer, err := c.fetchIssuer(ctx)
+		if err == nil {
+			v, verr := jwks.New(jwks.Config{
+				ClusterID:   c.ID,
+				Issuer:      issuer,
+				Audiences:   c.opts.Audiences,
+				TrustDomain: c.opts.TrustDomain,
+				Fetch:       c.fetchJWKS,
+				Source:      "cluster " + c.ID + " /openid/v1/jwks",
+				Now:         c.opts.Now,
+			})
+			if verr == nil {
+				if rerr := v.Refresh(ctx); rerr == nil {
+					c.issuer.Store(issuer)
+					c.verifier.Store(v)
+					return
+				} else {
+					err = rerr
+				}
+			} else {
+				err = verr
+			}
+		}
+		c.log.Warn("cluster's service-account issuer keys not available yet", "error", err, "retryIn", backoff.String())
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func (c *Cluster) fetchIssuer(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	raw, err := c.Client.CoreV1().RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
+	if err != nil {
+		return "", fmt.Errorf("reading the OpenID discovery document: %w", err)
+	}
+	var doc struct {
+		Issuer string `json:"issuer"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil || doc.Issuer == "" {
+		return "", fmt.Errorf("OpenID discovery document has no issuer (%v)", err)
+	}
+	return doc.Issuer, nil
+}
+
+func (c *Cluster) fetchJWKS(ctx context.Context) ([]byte, error) {
+	return c.Client.CoreV1().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
+}
+
+// Stop ends the watches and key refreshes.
+func (c *Cluster) Stop() {
+	c.Start() // so cancel exists and done closes
+	c.cancel()
+	<-c.done
+	c.state.Store(Stopped)
+}
+
+// State is the cluster's sync state.
+func (c *Cluster) State() State { return c.state.Load().(State) }
+
+// Synced reports whether local verification and the object caches are
+// ready.
+func (c *Cluster) Synced() bool { return c.State() == Synced }
+
+// WaitSynced waits until the cluster synced or ctx ends.
+func (c *Cluster) WaitSynced(ctx context.Context) bool {
+	select {
+	case <-c.synced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Issuer is the cluster's service-account issuer, once discovered.
+func (c *Cluster) Issuer() string { return c.issuer.Load().(string) }
+
+// ErrNotReady means the cluster cannot verify locally yet.
+var ErrNotReady = errors.New("cluster not synced yet")
+
+// VerifyToken verifies a service-account token locally against the
+// cluster's issuer keys.
+func (c *Cluster) VerifyToken(ctx context.Context, token string) (*jwks.Claims, error) {
+	v := c.verifier.Load()
+	if v == nil {
+		return nil, ErrNotReady
+	}
+	return v.VerifyToken(ctx, token)
+}
+
+// Review asks the cluster's API server about a token (TokenReview).
+func (c *Cluster) Review(ctx context.Context, token string, audiences []string) (*authenticationv1.TokenReviewStatus, error) {
+	tr, err := c.Client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: audiences},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return &tr.Status, nil
+}
+
+// ServiceAccountUID returns the UID of a live service account.
+func (c *Cluster) ServiceAccountUID(namespace, name string) (string, bool) {
+	obj, ok, err := c.saInformer.GetStore().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return "", false
+	}
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok || m.DeletionTimestamp != nil {
+		return "", false
+	}
+	return string(m.UID), true
+}
+
+// Pod returns a live pod.
+func (c *Cluster) Pod(namespace, name string) (Pod, bool) {
+	obj, ok, err := c.podInformer.GetStore().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return Pod{}, false
+	}
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return Pod{}, false
+	}
+	return podOf(p), true
+}
+
+// RunsOn reports whether a pod of namespace/serviceAccount that has not
+// terminated and is not being deleted runs on node.
+func (c *Cluster) RunsOn(node, namespace, serviceAccount string) bool {
+	objs, err := c.podInformer.GetIndexer().ByIndex(indexNodeServiceAccount, node+"/"+namespace+"/"+serviceAccount)
+	if err != nil {
+		return false
+	}
+	for _, obj := range objs {
+		if p, ok := obj.(*corev1.Pod); ok {
+			if pp := podOf(p); !pp.Terminated && !pp.Deleting {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func podOf(p *corev1.Pod) Pod {
+	return Pod{
+		Name: p.Name, Namespace: p.Namespace, UID: string(p.UID),
+		ServiceAccount: p.Spec.ServiceAccountName, Node: p.Spec.NodeName,
+		Terminated: p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+		Deleting:   p.DeletionTimestamp != nil,
+	}
+}
+
+// Counts is the number of cached pods and service accounts.
+func (c *Cluster) Counts() (pods, serviceAccounts int) {
+	return len(c.podInformer.GetStore().ListKeys()), len(c.saInformer.GetStore().ListKeys())
+}
