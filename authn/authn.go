@@ -89,7 +89,9 @@ func (c Chain) Authenticate(ctx context.Context, req *Request) (*Identity, error
 		id, err := a.Authenticate(ctx, req)
 		switch {
 		case err == nil && id != nil:
-			id.Method = a.Name()
+			if id.Method == "" {
+				id.Method = a.Name()
+			}
 			return id, nil
 		case err == nil:
 			return nil, fmt.Errorf("%s: %w: authenticator returned no identity", a.Name(), ErrDenied)

@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/informers"
@@ -62,6 +63,13 @@ type Options struct {
 	// SyncTimeout is how long the cluster may take to sync before it is
 	// reported Failed (it keeps trying). Default 30s.
 	SyncTimeout time.Duration
+	// StaleAfter: when the API server has not answered the broker's
+	// liveness probe (every second) for this long, the caches may be
+	// missing deletions, so local verification stops deciding and tokens
+	// go to TokenReview (Unavailable while the API server is unreachable).
+	// A shorter blip is ridden out: the API server's own TokenReview cache
+	// is 10s stale too. Default 10s.
+	StaleAfter time.Duration
 	// Now is the clock for token checks (tests).
 	Now func() time.Time
 	Log *slog.Logger
@@ -76,6 +84,9 @@ func (o *Options) defaults() {
 	}
 	if o.SyncTimeout <= 0 {
 		o.SyncTimeout = 30 * time.Second
+	}
+	if o.StaleAfter <= 0 {
+		o.StaleAfter = 10 * time.Second
 	}
 	if len(o.Audiences) == 0 {
 		o.Audiences = []string{jwks.DefaultAudience}
@@ -97,6 +108,7 @@ type Pod struct {
 type Cluster struct {
 	ID     string
 	Client kubernetes.Interface
+	json   kubernetes.Interface
 	opts   Options
 	log    *slog.Logger
 
@@ -108,7 +120,8 @@ type Cluster struct {
 	verifier atomic.Pointer[jwks.Authenticator]
 	issuer   atomic.Value // string
 
-	state     atomic.Value // State
+	state       atomic.Value // State
+	lastContact atomic.Int64 // unix nanoseconds of the last answered probe
 	synced    chan struct{}
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -128,6 +141,11 @@ func New(id string, rc *rest.Config, opts Options) (*Cluster, error) {
 	opts.defaults()
 	rc = rest.CopyConfig(rc)
 	rc.QPS, rc.Burst = opts.QPS, opts.Burst
+	// Discovery documents and the key set are served as JSON only.
+	jsonClient, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: clientset: %w", id, err)
+	}
 	// Protobuf halves the CPU of decoding watch events and reviews.
 	rc.ContentType = "application/vnd.kubernetes.protobuf"
 	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
@@ -139,7 +157,7 @@ func New(id string, rc *rest.Config, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: metadata client: %w", id, err)
 	}
-	c := &Cluster{ID: id, Client: cs, opts: opts, log: opts.Log.With("cluster", id), synced: make(chan struct{}), done: make(chan struct{})}
+	c := &Cluster{ID: id, Client: cs, json: jsonClient, opts: opts, log: opts.Log.With("cluster", id), synced: make(chan struct{}), done: make(chan struct{})}
 	c.state.Store(Syncing)
 	c.issuer.Store("")
 
@@ -203,11 +221,16 @@ func (c *Cluster) Start() {
 
 func (c *Cluster) run(ctx context.Context) {
 	start := time.Now()
+	c.lastContact.Store(start.UnixNano())
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		c.discoverIssuer(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		c.probe(ctx)
 	}()
 	timeout := time.AfterFunc(c.opts.SyncTimeout, func() {
 		if c.State() == Syncing {
@@ -235,6 +258,26 @@ func (c *Cluster) run(ctx context.Context) {
 		v.Run(ctx) // refreshes the keys until ctx ends
 	}
 	wg.Wait()
+}
+
+// probe asks the API server whether it is alive every second, so that a
+// broker cut off from it stops trusting its caches after StaleAfter.
+func (c *Cluster) probe(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := c.json.Discovery().RESTClient().Get().AbsPath("/livez").Do(pctx).Error()
+		cancel()
+		if err == nil {
+			c.lastContact.Store(time.Now().UnixNano())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // discoverIssuer learns the cluster's service-account issuer from its
@@ -278,7 +321,7 @@ func (c *Cluster) discoverIssuer(ctx context.Context) {
 func (c *Cluster) fetchIssuer(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	raw, err := c.Client.CoreV1().RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
+	raw, err := c.json.CoreV1().RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
 	if err != nil {
 		return "", fmt.Errorf("reading the OpenID discovery document: %w", err)
 	}
@@ -292,7 +335,7 @@ func (c *Cluster) fetchIssuer(ctx context.Context) (string, error) {
 }
 
 func (c *Cluster) fetchJWKS(ctx context.Context) ([]byte, error) {
-	return c.Client.CoreV1().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
+	return c.json.CoreV1().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 }
 
 // Stop ends the watches and key refreshes.
@@ -307,8 +350,11 @@ func (c *Cluster) Stop() {
 func (c *Cluster) State() State { return c.state.Load().(State) }
 
 // Synced reports whether local verification and the object caches are
-// ready.
-func (c *Cluster) Synced() bool { return c.State() == Synced }
+// ready and current: synced, and the API server answered within
+// StaleAfter.
+func (c *Cluster) Synced() bool {
+	return c.State() == Synced && time.Since(time.Unix(0, c.lastContact.Load())) < c.opts.StaleAfter
+}
 
 // WaitSynced waits until the cluster synced or ctx ends.
 func (c *Cluster) WaitSynced(ctx context.Context) bool {
@@ -358,6 +404,23 @@ func (c *Cluster) ServiceAccountUID(namespace, name string) (string, bool) {
 		return "", false
 	}
 	return string(m.UID), true
+}
+
+// LookupServiceAccount answers from the cache when synced, else asks the
+// API server (bounded by ctx): decided is false when neither could tell.
+func (c *Cluster) LookupServiceAccount(ctx context.Context, namespace, name string) (uid string, exists, decided bool) {
+	if c.Synced() {
+		uid, ok := c.ServiceAccountUID(namespace, name)
+		return uid, ok, true
+	}
+	sa, err := c.Client.CoreV1().ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		return string(sa.UID), sa.DeletionTimestamp == nil, true
+	case apierrors.IsNotFound(err):
+		return "", false, true
+	}
+	return "", false, false
 }
 
 // Pod returns a live pod.

@@ -348,14 +348,16 @@ func (r *Registry) States() map[string]State {
 }
 
 // ServiceAccountExists reports whether namespace/name exists in some
-// synced cluster, and which; decided is false when no cluster is synced.
-func (r *Registry) ServiceAccountExists(namespace, name string) (cluster string, exists, decided bool) {
+// cluster, and which: from the caches of synced clusters, else asking the
+// API servers of those not synced yet (bounded to 2s). decided is false
+// when no cluster could tell.
+func (r *Registry) ServiceAccountExists(ctx context.Context, namespace, name string) (cluster string, exists, decided bool) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	for _, c := range r.All() {
-		if !c.Synced() {
-			continue
-		}
-		decided = true
-		if _, ok := c.ServiceAccountUID(namespace, name); ok {
+		_, ok, d := c.LookupServiceAccount(ctx, namespace, name)
+		decided = decided || d
+		if ok {
 			return c.ID, true, true
 		}
 	}

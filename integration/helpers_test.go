@@ -59,6 +59,15 @@ func startBroker(t testing.TB, kube *testenv.Kube, mod func(*config.Config)) *br
 		defer cancel()
 		b.Stop(ctx)
 	})
+	if kube != nil {
+		// Tests exercise the steady state: the local cluster's view synced
+		// (until then tokens go to TokenReview, which tests cover apart).
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if !b.Clusters().Local().WaitSynced(sctx) {
+			t.Fatal("the local cluster did not sync within 30s")
+		}
+	}
 	return b
 }
 

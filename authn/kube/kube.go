@@ -350,6 +350,9 @@ func (a *Authenticator) verifyLocally(ctx context.Context, c Cluster, clusterID,
 		return nil, true, err
 	}
 	id, err = claims.Identity(a.trustDomain, clusterID)
+	if id != nil {
+		id.Method = "kube-jwt"
+	}
 	return id, true, err
 }
 
@@ -388,7 +391,11 @@ func (a *Authenticator) review(ctx context.Context, c Cluster, clusterID, token 
 	if err != nil {
 		return nil, classify(clusterID, err)
 	}
-	return a.identity(clusterID, status)
+	id, err := a.identity(clusterID, status)
+	if id != nil {
+		id.Method = "kube-tokenreview"
+	}
+	return id, err
 }
 
 // User-info extra keys under which the API server reports what a bound

@@ -44,7 +44,7 @@ type Config struct {
 	// runs out. It returns the cluster that has it; decided is false when
 	// no cluster's view is current enough to say (the caller is then told
 	// to retry).
-	ServiceAccountExists func(namespace, name string) (cluster string, exists, decided bool)
+	ServiceAccountExists func(ctx context.Context, namespace, name string) (cluster string, exists, decided bool)
 }
 
 // Authenticator implements authn.Authenticator for client certificates.
@@ -53,7 +53,7 @@ type Authenticator struct {
 	aliases []spiffeid.TrustDomain
 	anchors func(ctx context.Context) ([]*x509.Certificate, error)
 	now     func() time.Time
-	exists  func(namespace, name string) (string, bool, bool)
+	exists  func(ctx context.Context, namespace, name string) (string, bool, bool)
 }
 
 var _ authn.Authenticator = (*Authenticator)(nil)
@@ -156,10 +156,10 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 	}
 	var cluster string
 	if a.exists != nil {
-		c, exists, decided := a.exists(ns, sa)
+		c, exists, decided := a.exists(ctx, ns, sa)
 		switch {
 		case !decided:
-			return nil, fmt.Errorf("%w: client certificate %s: cannot tell yet whether service account %s/%s still exists (no cluster synced)", authn.ErrUnavailable, serial, ns, sa)
+			return nil, fmt.Errorf("%w: client certificate %s: cannot tell whether service account %s/%s still exists (no cluster's API server answered)", authn.ErrUnavailable, serial, ns, sa)
 		case !exists:
 			return nil, fmt.Errorf("%w: client certificate %s: service account %s/%s no longer exists in any known cluster", authn.ErrDenied, serial, ns, sa)
 		}
