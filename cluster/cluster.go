@@ -98,8 +98,8 @@ func (o *Options) defaults() {
 
 // Pod is what the broker keeps of a pod.
 type Pod struct {
-	Name, Namespace, UID  string
-	ServiceAccount, Node  string
+	Name, Namespace, UID string
+	ServiceAccount, Node string
 	Terminated, Deleting bool
 }
 
@@ -122,10 +122,10 @@ type Cluster struct {
 
 	state       atomic.Value // State
 	lastContact atomic.Int64 // unix nanoseconds of the last answered probe
-	synced    chan struct{}
-	startOnce sync.Once
-	cancel    context.CancelFunc
-	done      chan struct{}
+	synced      chan struct{}
+	startOnce   sync.Once
+	cancel      context.CancelFunc
+	done        chan struct{}
 }
 
 const (

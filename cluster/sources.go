@@ -190,4 +190,3 @@ func readKubeconfigDir(dir string, p KubeconfigPolicy, logError func(string, ...
 	}
 	return want, nil
 }
-

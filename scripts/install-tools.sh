@@ -5,7 +5,7 @@
 # Usage: scripts/install-tools.sh [component...]     (default: all, in this order)
 #        scripts/install-tools.sh --bin-dir           (print the bin dir and exit)
 #        scripts/install-tools.sh --list              (print the component names)
-# Components: etcd kube-apiserver pilot-agent step-ca step vault
+# Components: etcd kube-apiserver pilot-agent istio-ca step-ca step vault
 #
 # A component is skipped when its binary exists and its stamp file records the same recipe hash
 # (version + build recipe + wrapper go.mod), so a rerun takes seconds. Builds are serialised per
@@ -27,7 +27,7 @@ LOGS="$MESHCA_TOOLS/logs"
 LOCKS="$MESHCA_TOOLS/locks"
 NICE=${MESHCA_TOOLS_NICE:-10}
 
-ALL=(etcd kube-apiserver pilot-agent step-ca step vault)
+ALL=(etcd kube-apiserver pilot-agent istio-ca step-ca step vault)
 
 KUBE_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16 # source fallback only; apt gives Debian's etcd-server (3.4.x)
@@ -124,6 +124,18 @@ build_pilot-agent() {
 	mv -f "$BIN/pilot-agent.new" "$BIN/pilot-agent"
 }
 pilot-agent_recipe() { echo "$ISTIO_VERSION"; cat "$RECIPES/pilot-agent/go.mod"; }
+
+# istio-ca: Istio's own CA server code (security/pkg/server/ca with its Kubernetes authenticator),
+# the broker's benchmark peer (scripts/bench-vs-istio.sh). Its main.go lives next to its go.mod and
+# is copied before tidying, so tidy sees its imports.
+build_istio-ca() {
+	mkdir -p "$BUILD/istio-ca"
+	cp "$RECIPES/istio-ca/main.go" "$BUILD/istio-ca/main.go"
+	prepare_wrapper istio-ca
+	(cd "$BUILD/istio-ca" && gobuild build -ldflags "-s -w" -o "$BIN/istio-ca.new" .)
+	mv -f "$BIN/istio-ca.new" "$BIN/istio-ca"
+}
+istio-ca_recipe() { echo "$ISTIO_VERSION"; cat "$RECIPES/istio-ca/go.mod" "$RECIPES/istio-ca/main.go"; }
 
 build_step-ca() {
 	local tmp="$BUILD/step-ca-bin"

@@ -22,7 +22,9 @@ import (
 
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/backends/backendtest"
+	"github.com/meshca/broker/dn"
 	"github.com/meshca/broker/integration/testenv"
+	"github.com/meshca/broker/verify"
 )
 
 const spiffeID = "spiffe://cluster.local/ns/default/sa/web"
@@ -78,6 +80,12 @@ func TestStepCA(t *testing.T) {
 	})
 
 	s := stepCASigner(t, sca, false)
+
+	t.Run("hostile subjects", func(t *testing.T) {
+		// The SPIFFE template writes an empty subject whatever the CSR
+		// says (or step-ca refuses the CSR first).
+		backendtest.RunHostileSubjects(t, s, spiffeID)
+	})
 
 	t.Run("chain is leaf then intermediate, root from rootFile", func(t *testing.T) {
 		req, _ := backendtest.NewRequest(t, spiffeID, 2*time.Hour)
@@ -356,4 +364,29 @@ func TestStepCAAuthorityPolicy(t *testing.T) {
 		t.Fatalf("Sign outside the trust domain = %v, want ErrRefused", err)
 	}
 	t.Logf("refusal as the broker reports it: %v", err)
+}
+
+// TestStepCADefaultTemplate: without the provisioner's SPIFFE template,
+// step-ca's default template puts the token's subject (the SPIFFE ID) into
+// the CN. That is a subject nobody approved: the broker's verification
+// refuses it, which is why docs/backends/step-ca.md requires the template.
+func TestStepCADefaultTemplate(t *testing.T) {
+	sca := testenv.StartStepCAWith(t, testenv.StepCAOptions{Bare: true})
+	s := stepCASigner(t, sca, true)
+	req, _ := backendtest.NewRequest(t, spiffeID, time.Hour)
+	chain, err := s.Sign(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := dn.Valued(chain[0].RawSubject)
+	if len(got) == 0 {
+		t.Fatalf("the default template issued an empty subject; the docs say it fills the CN")
+	}
+	anchors, _ := s.TrustAnchors(context.Background())
+	_, err = verify.Chain(req, chain, anchors, time.Now())
+	if !errors.Is(err, verify.ErrMismatch) || !strings.Contains(err.Error(), "subject") {
+		t.Fatalf("verification of a leaf with subject [%s] = %v, want a subject mismatch", dn.Describe(got), err)
+	}
+	t.Logf("default template: leaf subject [%s]; verification: %v", dn.Describe(got), err)
+	backendtest.RunHostileSubjects(t, s, spiffeID)
 }

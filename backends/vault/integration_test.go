@@ -6,6 +6,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"net/url"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/backends/backendtest"
+	"github.com/meshca/broker/dn"
 	"github.com/meshca/broker/integration/testenv"
 )
 
@@ -177,6 +180,74 @@ func TestVault(t *testing.T) {
 		if eku := fmt.Sprint(chain[0].ExtKeyUsage); eku != fmt.Sprint([]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}) {
 			t.Errorf("sign-verbatim leaf EKU = %v, want server+client auth", chain[0].ExtKeyUsage)
 		}
+	})
+
+	t.Run("hostile subjects, sign", func(t *testing.T) {
+		s := p.signer(t, AuthConfig{Method: "token", Token: &TokenAuth{Token: v.RootToken}})
+		backendtest.RunHostileSubjects(t, s, spiffeID)
+	})
+
+	t.Run("hostile subjects, sign-verbatim", func(t *testing.T) {
+		s := p.signer(t, AuthConfig{Method: "token", Token: &TokenAuth{Token: v.RootToken}}, func(c *Config) { c.Mode = modeSignVerbatim })
+		backendtest.RunHostileSubjects(t, s, spiffeID)
+	})
+
+	t.Run("what sign-verbatim itself copies", func(t *testing.T) {
+		// Straight to Vault, past the backend's check: this is why the
+		// backend refuses such CSRs before asking.
+		for _, h := range append(backendtest.HostileSubjects(), serialNumberSubject()) {
+			req := backendtest.NewRequestWithSubject(t, spiffeID, h.RawSubject, time.Hour)
+			leaf := rawSign(t, p, "pki/sign-verbatim/istio", req)
+			got, _ := dn.Valued(leaf.RawSubject)
+			t.Logf("%s: sign-verbatim issued subject [%s]", h.Name, dn.Describe(got))
+			if len(got) == 0 {
+				t.Errorf("%s: sign-verbatim no longer copies the CSR's subject; docs/backends/vault.md says it does", h.Name)
+			}
+		}
+		req := csrWithUsage(t, x509.KeyUsageDigitalSignature|x509.KeyUsageCertSign|x509.KeyUsageCRLSign)
+		leaf := rawSign(t, p, "pki/sign-verbatim/istio", req)
+		t.Logf("CSR asking keyCertSign|cRLSign: sign-verbatim issued key usage %v (key_usage sent: DigitalSignature,KeyEncipherment)", keyUsageNames(leaf.KeyUsage))
+		if leaf.KeyUsage&x509.KeyUsageCertSign == 0 {
+			t.Errorf("sign-verbatim no longer copies the CSR's key usage; docs/backends/vault.md says it does")
+		}
+	})
+
+	t.Run("sign with a role that takes the subject from the CSR", func(t *testing.T) {
+		// The settings docs/backends/vault.md says must stay off.
+		role := spiffeRole("spiffe://*")
+		role["use_csr_common_name"] = true
+		role["allowed_serial_numbers"] = "*"
+		role["allowed_user_ids"] = "*"
+		if _, err := p.root.Logical().Write("pki/roles/copies", role); err != nil {
+			t.Fatal(err)
+		}
+		s := p.signer(t, AuthConfig{Method: "token", Token: &TokenAuth{Token: v.RootToken}}, func(c *Config) { c.Role = "copies" })
+		backendtest.RunHostileSubjects(t, s, spiffeID)
+		for _, tc := range []struct {
+			h    backendtest.HostileSubject
+			want string
+		}{
+			{backendtest.HostileSubjects()[0], "use_csr_common_name"},
+			{backendtest.HostileSubjects()[4], "allowed_user_ids"},
+			{serialNumberSubject(), "allowed_serial_numbers"},
+		} {
+			req := backendtest.NewRequestWithSubject(t, spiffeID, tc.h.RawSubject, time.Hour)
+			_, err := s.Sign(context.Background(), req)
+			if !errors.Is(err, backends.ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s: Sign = %v, want ErrRefused naming %s", tc.h.Name, err, tc.want)
+			}
+			t.Logf("%s: %v", tc.h.Name, err)
+		}
+	})
+
+	t.Run("sign with the documented role: a CSR's serialNumber", func(t *testing.T) {
+		s := p.signer(t, AuthConfig{Method: "token", Token: &TokenAuth{Token: v.RootToken}})
+		req := backendtest.NewRequestWithSubject(t, spiffeID, serialNumberSubject().RawSubject, time.Hour)
+		_, err := s.Sign(context.Background(), req)
+		if !errors.Is(err, backends.ErrRefused) {
+			t.Fatalf("Sign = %v, want Vault's refusal", err)
+		}
+		t.Logf("%v", err)
 	})
 
 	t.Run("serving certificate with DNS names", func(t *testing.T) {
@@ -507,6 +578,69 @@ func signEventually(t *testing.T, s *Signer, req *backends.Request, check bool) 
 	} else if len(chain[0].URIs) != 1 || chain[0].URIs[0].String() != req.Template.URIs[0].String() {
 		t.Fatalf("leaf URIs = %v", chain[0].URIs)
 	}
+}
+
+// serialNumberSubject is a CSR subject Vault's sign takes by default
+// (serial_number_source json-csr) when the role's allowed_serial_numbers
+// lets it.
+func serialNumberSubject() backendtest.HostileSubject {
+	raw, err := asn1.Marshal(pkix.Name{SerialNumber: "42"}.ToRDNSequence())
+	if err != nil {
+		panic(err)
+	}
+	return backendtest.HostileSubject{Name: "serialNumber", RawSubject: raw}
+}
+
+// csrWithUsage is an approved request whose CSR asks for key usages.
+func csrWithUsage(t testing.TB, ku x509.KeyUsage) *backends.Request {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := backendtest.NewRequestForKey(t, key, spiffeID, time.Hour)
+	var bits asn1.BitString
+	for i := 0; i < 9; i++ {
+		if ku&(1<<uint(i)) != 0 {
+			bits.BitLength = i + 1
+		}
+	}
+	bits.Bytes = make([]byte, (bits.BitLength+7)/8)
+	for i := 0; i < bits.BitLength; i++ {
+		if ku&(1<<uint(i)) != 0 {
+			bits.Bytes[i/8] |= 0x80 >> uint(i%8)
+		}
+	}
+	val, _ := asn1.Marshal(bits)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: req.Template.URIs,
+		ExtraExtensions: []pkix.Extension{{Id: oidExtKeyUsage, Critical: true, Value: val}}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.CSR, err = x509.ParseCertificateRequest(der); err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+// rawSign sends the backend's request body to path with the root token,
+// bypassing the backend's checks, and returns the leaf.
+func rawSign(t testing.TB, p *vaultPKI, path string, req *backends.Request) *x509.Certificate {
+	t.Helper()
+	s := &Signer{cfg: Config{Mode: modeSignVerbatim}}
+	data, err := s.signData(req, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := p.root.Logical().Write(path, data)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	chain, err := chainFromSecret(sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chain[0]
 }
 
 func csrWith(t testing.TB, uris []*url.URL, dns []string) *x509.CertificateRequest {

@@ -214,10 +214,21 @@ func (s *Signer) Close() error {
 }
 
 // Sign has the Vault role sign req.CSR with the template's names and
-// lifetime and returns Vault's chain, leaf first, without duplicates.
+// lifetime and returns Vault's chain, leaf first, without duplicates. In
+// sign-verbatim mode a CSR that says anything the template does not
+// (subject, names, usages, other extensions) is refused before Vault is
+// asked; in both modes a leaf whose subject is not the approved one is
+// refused, naming the role setting responsible.
 func (s *Signer) Sign(ctx context.Context, req *backends.Request) ([]*x509.Certificate, error) {
 	if req == nil || req.CSR == nil || req.Template == nil {
 		return nil, errors.New("vault: request without CSR or template")
+	}
+	if s.cfg.Mode == modeSignVerbatim {
+		// Vault would copy the CSR's subject and extensions: refuse
+		// anything but the approved ones without asking it.
+		if err := checkVerbatim(req); err != nil {
+			return nil, fmt.Errorf("vault: signing at %s: %w", s.path, err)
+		}
 	}
 	data, err := s.signData(req, time.Now())
 	if err != nil {
@@ -232,6 +243,9 @@ func (s *Signer) Sign(ctx context.Context, req *backends.Request) ([]*x509.Certi
 	chain, err := chainFromSecret(sec)
 	if err != nil {
 		return nil, fmt.Errorf("vault: signing at %s: reading Vault's answer: %w", s.path, err)
+	}
+	if err := checkIssuedSubject(chain[0], req.Template, s.cfg.Mode); err != nil {
+		return nil, fmt.Errorf("vault: signing at %s: %w", s.path, err)
 	}
 	return chain, nil
 }

@@ -31,8 +31,8 @@ const StepCAX509Template = `{
 `
 
 // StepCA is a standalone step-ca on 127.0.0.1 with one JWK provisioner
-// (StepCAProvisioner) using StepCAX509Template. Its state (badger DB) lives
-// in StepPath and survives Restart.
+// (StepCAProvisioner) using StepCAX509Template, or as StepCAOptions say.
+// Its state (badger DB) lives in StepPath and survives Restart.
 type StepCA struct {
 	// URL is https://127.0.0.1:PORT.
 	URL string
@@ -65,12 +65,37 @@ type StepCA struct {
 // step-ca (binaries "step" and "step-ca" from ToolsDir) and waits for /health.
 func StartStepCA(t testing.TB) *StepCA {
 	t.Helper()
+	return StartStepCAWith(t, StepCAOptions{})
+}
+
+// StepCAOptions changes what StartStepCAWith sets up.
+type StepCAOptions struct {
+	// Provisioner names the JWK provisioner `step ca init` creates (default
+	// StepCAProvisioner).
+	Provisioner string
+	// Bare leaves that provisioner as `step ca init` wrote it: step-ca's
+	// default x509 template (the token's subject becomes the CN) and
+	// default claims.
+	Bare bool
+	// BeforeStart, if set, runs after `step ca init` (and the template and
+	// claims, unless Bare) and before step-ca starts, e.g. to run
+	// `step ca provisioner add` with Env. It runs again if the start is
+	// retried on a port clash, on a fresh StepPath.
+	BeforeStart func(t testing.TB, s *StepCA)
+}
+
+// StartStepCAWith is StartStepCA with options.
+func StartStepCAWith(t testing.TB, o StepCAOptions) *StepCA {
+	t.Helper()
 	stepBin := Tool(t, "step")
 	caBin := Tool(t, "step-ca")
 	dir := t.TempDir()
+	if o.Provisioner == "" {
+		o.Provisioner = StepCAProvisioner
+	}
 	s := &StepCA{
 		StepPath:    filepath.Join(dir, "step"),
-		Provisioner: StepCAProvisioner,
+		Provisioner: o.Provisioner,
 		Password:    "meshca-provisioner-password",
 		stepBin:     stepBin,
 	}
@@ -94,7 +119,10 @@ func StartStepCA(t testing.TB) *StepCA {
 		); err != nil {
 			t.Fatalf("testenv: step ca init: %v\n%s", err, out)
 		}
-		s.configure(t, templateFile)
+		s.configure(t, templateFile, o.Bare)
+		if o.BeforeStart != nil {
+			o.BeforeStart(t, s)
+		}
 		s.proc = newProcess(t, fmt.Sprintf("step-ca-%d", attempt), caBin, []string{
 			filepath.Join(s.StepPath, "config", "ca.json"),
 			"--password-file=" + caPasswordFile,
@@ -114,8 +142,9 @@ func StartStepCA(t testing.TB) *StepCA {
 	return nil
 }
 
-// configure reads what step ca init wrote and installs the template and claims.
-func (s *StepCA) configure(t testing.TB, templateFile string) {
+// configure reads what step ca init wrote and, unless bare, installs the
+// template and claims.
+func (s *StepCA) configure(t testing.TB, templateFile string, bare bool) {
 	t.Helper()
 	cfgPath := filepath.Join(s.StepPath, "config", "ca.json")
 	raw, err := os.ReadFile(cfgPath)
@@ -140,15 +169,17 @@ func (s *StepCA) configure(t testing.TB, templateFile string) {
 	key, _ := prov["key"].(map[string]any)
 	s.ProvisionerKID, _ = key["kid"].(string)
 	s.ProvisionerEncryptedKey, _ = prov["encryptedKey"].(string)
-	prov["options"] = map[string]any{"x509": map[string]any{"templateFile": templateFile}}
-	prov["claims"] = map[string]any{
-		"minTLSCertDuration":     "30s",
-		"maxTLSCertDuration":     "2160h",
-		"defaultTLSCertDuration": "24h",
-	}
-	out, _ := json.MarshalIndent(cfg, "", "\t")
-	if err := os.WriteFile(cfgPath, out, 0o600); err != nil {
-		t.Fatal(err)
+	if !bare {
+		prov["options"] = map[string]any{"x509": map[string]any{"templateFile": templateFile}}
+		prov["claims"] = map[string]any{
+			"minTLSCertDuration":     "30s",
+			"maxTLSCertDuration":     "2160h",
+			"defaultTLSCertDuration": "24h",
+		}
+		out, _ := json.MarshalIndent(cfg, "", "\t")
+		if err := os.WriteFile(cfgPath, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	s.ProvisionerKeyFile = writeFile(t, filepath.Dir(s.PasswordFile), "provisioner-key.jwe", []byte(s.ProvisionerEncryptedKey))
 	s.RootFile = filepath.Join(s.StepPath, "certs", "root_ca.crt")
@@ -170,13 +201,20 @@ func (s *StepCA) configure(t testing.TB, templateFile string) {
 
 func (s *StepCA) step(ctx context.Context, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, s.stepBin, args...)
-	cmd.Env = append(os.Environ(), "STEPPATH="+s.StepPath, "HOME="+filepath.Dir(s.StepPath))
+	cmd.Env = append(os.Environ(), s.Env()...)
 	return cmd.CombinedOutput()
 }
 
 // Step runs the step CLI with this CA's STEPPATH and returns its combined output.
 func (s *StepCA) Step(ctx context.Context, args ...string) ([]byte, error) {
 	return s.step(ctx, args...)
+}
+
+// Env is the environment the step CLI runs with for this CA: STEPPATH,
+// and HOME in the test's directory. Append it to os.Environ() to run
+// commands (such as a page's `step ca provisioner add`) against this CA.
+func (s *StepCA) Env() []string {
+	return []string{"STEPPATH=" + s.StepPath, "HOME=" + filepath.Dir(s.StepPath)}
 }
 
 func (s *StepCA) startAndWait() error {
