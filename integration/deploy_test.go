@@ -28,7 +28,33 @@ import (
 func TestDeployManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 	kube := testenv.StartKube(t)
 	kube.CreateNamespace(t, "istio-system")
-	raw, err := os.ReadFile("../deploy/broker.yaml")
+	for _, file := range []string{"../deploy/broker.yaml", "../deploy/remote-reader.yaml"} {
+		objs := applyManifest(t, kube, file, true)
+		if len(objs) < 4 {
+			t.Fatalf("only %d objects in %s", len(objs), file)
+		}
+		for _, obj := range objs {
+			if obj.GetKind() != "ConfigMap" {
+				continue
+			}
+			data, _, _ := unstructured.NestedStringMap(obj.Object, "data")
+			cfg, err := config.Parse([]byte(data["config.yaml"]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.ApplyDefaults()
+			if err := cfg.Validate(); err != nil {
+				t.Errorf("the ConfigMap's config.yaml: %v", err)
+			}
+		}
+	}
+}
+
+// applyManifest creates every object of a YAML file in kube (strict field
+// validation; only a server-side dry run when dryRun) and returns them.
+func applyManifest(t testing.TB, kube *testenv.Kube, path string, dryRun bool) []*unstructured.Unstructured {
+	t.Helper()
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,8 +73,12 @@ func TestDeployManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	opts := metav1.CreateOptions{FieldValidation: "Strict"}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
 	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
-	var n int
+	var out []*unstructured.Unstructured
 	for {
 		obj := &unstructured.Unstructured{}
 		if err := dec.Decode(&obj.Object); err != nil {
@@ -60,7 +90,6 @@ func TestDeployManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 		if len(obj.Object) == 0 {
 			continue
 		}
-		n++
 		gvk := obj.GroupVersionKind()
 		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		if err != nil {
@@ -70,22 +99,10 @@ func TestDeployManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 		if obj.GetNamespace() != "" {
 			ri = dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
 		}
-		if _, err := ri.Create(ctx, obj, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}); err != nil {
-			t.Errorf("%s %s: %v", gvk.Kind, obj.GetName(), err)
+		if _, err := ri.Create(ctx, obj, opts); err != nil {
+			t.Errorf("%s: %s %s: %v", path, gvk.Kind, obj.GetName(), err)
 		}
-		if gvk.Kind == "ConfigMap" {
-			data, _, _ := unstructured.NestedStringMap(obj.Object, "data")
-			cfg, err := config.Parse([]byte(data["config.yaml"]))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.ApplyDefaults()
-			if err := cfg.Validate(); err != nil {
-				t.Errorf("the ConfigMap's config.yaml: %v", err)
-			}
-		}
+		out = append(out, obj)
 	}
-	if n < 5 {
-		t.Fatalf("only %d objects in deploy/broker.yaml", n)
-	}
+	return out
 }

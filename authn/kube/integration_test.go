@@ -2,21 +2,11 @@ package kube_test
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,61 +16,11 @@ import (
 	"github.com/meshca/broker/integration/testenv"
 )
 
-// extraSigningKey is an RSA key the test holds, added to the API server's
-// verification keys (--service-account-key-file may be repeated), so the
-// test can mint tokens the API server accepts as its own: the only way to
-// present a genuinely expired token, since TokenRequest refuses lifetimes
-// under ten minutes.
-type extraSigningKey struct {
-	key  *rsa.PrivateKey
-	kid  string
-	file string
-}
-
-func newExtraSigningKey(t *testing.T) *extraSigningKey {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "extra-sa.pub")
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(der)
-	return &extraSigningKey{key: key, kid: base64.RawURLEncoding.EncodeToString(sum[:]), file: file}
-}
-
 // mint signs a token shaped like the API server's own for ns/sa (whose
 // UID the API server checks), valid from exp-1h to exp.
-func (k *extraSigningKey) mint(t *testing.T, issuer, ns, sa, saUID string, exp time.Time) string {
-	t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: k.key, KeyID: k.kid}},
-		(&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	std := jwt.Claims{
-		Issuer:    issuer,
-		Subject:   "system:serviceaccount:" + ns + ":" + sa,
-		Audience:  jwt.Audience{kube.DefaultAudience},
-		Expiry:    jwt.NewNumericDate(exp),
-		NotBefore: jwt.NewNumericDate(exp.Add(-time.Hour)),
-		IssuedAt:  jwt.NewNumericDate(exp.Add(-time.Hour)),
-	}
-	priv := map[string]any{"kubernetes.io": map[string]any{
-		"namespace":      ns,
-		"serviceaccount": map[string]string{"name": sa, "uid": saUID},
-	}}
-	tok, err := jwt.Signed(signer).Claims(std).Claims(priv).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+func mint(t *testing.T, k *testenv.SigningKey, issuer, ns, sa, saUID string, exp time.Time) string {
+	return k.Mint(t, testenv.TokenClaims{Issuer: issuer, Namespace: ns, ServiceAccount: sa, ServiceAccountUID: saUID,
+		NotBefore: exp.Add(-time.Hour), Expiry: exp})
 }
 
 // TestAgainstKubeAPIServer runs the TokenReview authenticator against two
@@ -88,10 +28,10 @@ func (k *extraSigningKey) mint(t *testing.T, issuer, ns, sa, saUID string, exp t
 // "west", a different cluster with its own signing key).
 func TestAgainstKubeAPIServer(t *testing.T) {
 	testenv.Tool(t, "kube-apiserver") // skip before generating keys
-	extra := newExtraSigningKey(t)
+	extra := testenv.NewSigningKey(t)
 	etcd := testenv.StartEtcd(t)
 	east := testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("east"),
-		testenv.KubeArgs("--service-account-key-file="+extra.file))
+		testenv.KubeArgs("--service-account-key-file="+extra.File))
 	west := testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("west"))
 
 	const ns, sa = "shop", "cart"
@@ -154,10 +94,10 @@ func TestAgainstKubeAPIServer(t *testing.T) {
 		{name: "pod-bound token after its pod is deleted", auth: a, token: gone, wantKind: authn.ErrDenied, wantMsg: "invalid bearer token"},
 		{name: "wrong audience", auth: a, token: token(east, []string{"vault"}, ""), wantKind: authn.ErrDenied, wantMsg: "audience"},
 		{name: "issuer audience only", auth: a, token: token(east, []string{east.Issuer}, ""), wantKind: authn.ErrDenied, wantMsg: "audience"},
-		{name: "self-minted token, valid (control)", auth: a, token: extra.mint(t, east.Issuer, ns, sa, cartUID, time.Now().Add(time.Hour)), wantCluster: "east"},
-		{name: "expired token", auth: a, token: extra.mint(t, east.Issuer, ns, sa, cartUID, time.Now().Add(-5*time.Minute)),
+		{name: "self-minted token, valid (control)", auth: a, token: mint(t, extra, east.Issuer, ns, sa, cartUID, time.Now().Add(time.Hour)), wantCluster: "east"},
+		{name: "expired token", auth: a, token: mint(t, extra, east.Issuer, ns, sa, cartUID, time.Now().Add(-5*time.Minute)),
 			wantKind: authn.ErrDenied, wantMsg: "expired"},
-		{name: "self-minted token for a wrong service-account UID", auth: a, token: extra.mint(t, east.Issuer, ns, sa, "00000000-0000-0000-0000-000000000000", time.Now().Add(time.Hour)),
+		{name: "self-minted token for a wrong service-account UID", auth: a, token: mint(t, extra, east.Issuer, ns, sa, "00000000-0000-0000-0000-000000000000", time.Now().Add(time.Hour)),
 			wantKind: authn.ErrDenied},
 		{name: "token from west presented to east", auth: a, token: token(west, []string{"istio-ca"}, ""), wantKind: authn.ErrDenied, wantMsg: "invalid bearer token"},
 		{name: "west token claiming to be east", auth: a, token: token(west, []string{"istio-ca"}, ""), clusterID: "east", wantKind: authn.ErrDenied},
