@@ -31,5 +31,6 @@ step "fuzzing"
 fuzztime=${MESHCA_FUZZTIME:-15s}
 go test -run '^$' -fuzz '^FuzzAuthorize$' -fuzztime "$fuzztime" ./policy
 go test -run '^$' -fuzz '^FuzzCreateCertificate$' -fuzztime "$fuzztime" ./server
+go test -run '^$' -fuzz '^FuzzVerifyToken$' -fuzztime "$fuzztime" ./authn/jwks
 
 step "done"

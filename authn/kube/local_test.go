@@ -1,0 +1,123 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+
+	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/authn/jwks"
+	"github.com/meshca/broker/cluster"
+)
+
+// fakeCluster is a cluster whose token verification, caches and API
+// server answers are set by the test.
+type fakeCluster struct {
+	synced   bool
+	claims   *jwks.Claims
+	claimErr error
+	sas      map[string]string // ns/name -> uid
+	pods     map[string]cluster.Pod
+	reviews  int
+}
+
+func (f *fakeCluster) Review(context.Context, string, []string) (*authenticationv1.TokenReviewStatus, error) {
+	f.reviews++
+	return &authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: []string{DefaultAudience},
+		User: authenticationv1.UserInfo{Username: "system:serviceaccount:shop:cart", UID: "sa-1"}}, nil
+}
+func (f *fakeCluster) VerifyToken(context.Context, string) (*jwks.Claims, error) {
+	return f.claims, f.claimErr
+}
+func (f *fakeCluster) Synced() bool { return f.synced }
+func (f *fakeCluster) ServiceAccountUID(ns, name string) (string, bool) {
+	uid, ok := f.sas[ns+"/"+name]
+	return uid, ok
+}
+func (f *fakeCluster) Pod(ns, name string) (cluster.Pod, bool) {
+	p, ok := f.pods[ns+"/"+name]
+	return p, ok
+}
+
+type fakeClusters map[string]*fakeCluster
+
+func (f fakeClusters) Get(id string) (Cluster, string, error) {
+	if id == "" {
+		id = "east"
+	}
+	c, ok := f[id]
+	if !ok {
+		return nil, "", fmt.Errorf("%w %q", cluster.ErrUnknown, id)
+	}
+	return c, id, nil
+}
+
+func TestLocalVerification(t *testing.T) {
+	bound := func() *jwks.Claims {
+		return &jwks.Claims{Namespace: "shop", ServiceAccount: "cart", ServiceAccountUID: "sa-1", Bound: true,
+			PodName: "cart-0", PodUID: "pod-1", NodeName: "node-a", Subject: "system:serviceaccount:shop:cart"}
+	}
+	live := func() *fakeCluster {
+		return &fakeCluster{synced: true, claims: bound(),
+			sas:  map[string]string{"shop/cart": "sa-1"},
+			pods: map[string]cluster.Pod{"shop/cart-0": {Name: "cart-0", Namespace: "shop", UID: "pod-1", ServiceAccount: "cart", Node: "node-a"}}}
+	}
+	with := func(mod func(f *fakeCluster)) *fakeCluster { f := live(); mod(f); return f }
+	cases := []struct {
+		name        string
+		cluster     *fakeCluster
+		mode        string
+		clusterID   string
+		wantMethod  string // "" means refused
+		wantReviews int
+		mention     string
+	}{
+		{"bound token, live objects", live(), "", "", "kube-jwt", 0, ""},
+		{"service account deleted", with(func(f *fakeCluster) { delete(f.sas, "shop/cart") }), "", "", "", 0, "service account shop/cart no longer exists"},
+		{"service account recreated", with(func(f *fakeCluster) { f.sas["shop/cart"] = "sa-2" }), "", "", "", 0, "deleted and recreated"},
+		{"pod deleted", with(func(f *fakeCluster) { delete(f.pods, "shop/cart-0") }), "", "", "", 0, "pod shop/cart-0 it is bound to no longer exists"},
+		{"pod recreated", with(func(f *fakeCluster) { p := f.pods["shop/cart-0"]; p.UID = "pod-2"; f.pods["shop/cart-0"] = p }), "", "", "", 0, "deleted and recreated"},
+		{"pod on another node", with(func(f *fakeCluster) { p := f.pods["shop/cart-0"]; p.Node = "node-b"; f.pods["shop/cart-0"] = p }), "", "", "", 0, "node node-b"},
+		{"pod runs as another service account", with(func(f *fakeCluster) { p := f.pods["shop/cart-0"]; p.ServiceAccount = "admin"; f.pods["shop/cart-0"] = p }), "", "", "", 0, "runs as admin"},
+		{"bad signature is refused without asking", with(func(f *fakeCluster) { f.claimErr = fmt.Errorf("%w: jwt: signature not valid", authn.ErrDenied) }), "", "", "", 0, "signature"},
+		{"caches not synced: TokenReview", with(func(f *fakeCluster) { f.synced = false }), "", "", "kube-tokenreview", 1, ""},
+		{"keys not fetched yet: TokenReview", with(func(f *fakeCluster) { f.claimErr = cluster.ErrNotReady }), "", "", "kube-tokenreview", 1, ""},
+		{"key set unreachable: TokenReview", with(func(f *fakeCluster) { f.claimErr = fmt.Errorf("%w: no keys", authn.ErrUnavailable) }), "", "", "kube-tokenreview", 1, ""},
+		{"a key not seen yet: TokenReview", with(func(f *fakeCluster) { f.claimErr = fmt.Errorf("%w: %w", authn.ErrDenied, jwks.ErrUnknownKey) }), "", "", "kube-tokenreview", 1, ""},
+		{"legacy token without bound objects: TokenReview", with(func(f *fakeCluster) { f.claims.Bound = false }), "", "", "kube-tokenreview", 1, ""},
+		{"secret-bound token: TokenReview", with(func(f *fakeCluster) { f.claims.SecretName = "cart-token" }), "", "", "kube-tokenreview", 1, ""},
+		{"tokenreview mode asks every time", live(), TokenReview, "", "kube-tokenreview", 1, ""},
+		{"unknown cluster", live(), "", "west", "", 0, `unknown cluster "west"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := NewForClusters(Config{Clusters: fakeClusters{"east": tc.cluster}, Verification: tc.mode, TrustDomain: td})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := a.Authenticate(context.Background(), &authn.Request{BearerToken: "x.y.z", ClusterID: tc.clusterID})
+			if tc.cluster.reviews != tc.wantReviews {
+				t.Errorf("%d TokenReviews, want %d", tc.cluster.reviews, tc.wantReviews)
+			}
+			if tc.wantMethod == "" {
+				if !errors.Is(err, authn.ErrDenied) || !strings.Contains(err.Error(), tc.mention) {
+					t.Fatalf("err = %v, want a refusal mentioning %q", err, tc.mention)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id.Method != tc.wantMethod || id.ID.String() != "spiffe://cluster.local/ns/shop/sa/cart" || id.Cluster != "east" {
+				t.Fatalf("identity %+v", id)
+			}
+			if tc.wantMethod == "kube-jwt" && (id.PodName != "cart-0" || id.PodUID != "pod-1" || id.NodeName != "node-a" || id.ServiceAccountUID != "sa-1") {
+				t.Fatalf("identity lacks the bound objects: %+v", id)
+			}
+		})
+	}
+}
