@@ -48,6 +48,9 @@ type Identity struct {
 	// Subject is the credential's own subject (token sub, certificate
 	// serial), for audit.
 	Subject string
+	// NodeAgent is the authenticated caller when this identity was granted
+	// to it by impersonation (ambient: ztunnel for a pod on its node).
+	NodeAgent *Identity
 }
 
 // Authenticator proves a caller's identity one way.

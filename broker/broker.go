@@ -32,6 +32,7 @@ import (
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/cluster"
 	"github.com/meshca/broker/config"
+	"github.com/meshca/broker/impersonation"
 	"github.com/meshca/broker/policy"
 	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
 	"github.com/meshca/broker/runner"
@@ -103,7 +104,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	if err != nil {
 		return nil, err
 	}
+	imp, err := newImpersonation(cfg, clusters)
+	if err != nil {
+		return nil, err
+	}
 	srv, err := server.New(server.Config{
+		Impersonation: imp,
 		Authenticator: authenticator,
 		Policy:        pol,
 		Signer:        signer,
@@ -286,6 +292,26 @@ func newClusters(cfg *config.Config, log *slog.Logger) (*cluster.Registry, error
 		return nil, fmt.Errorf("authn.kubernetes.clusters: %w", err)
 	}
 	return reg, nil
+}
+
+// newImpersonation allows the configured node agents (ambient ztunnel) the
+// certificates of the pods on their node.
+func newImpersonation(cfg *config.Config, clusters *cluster.Registry) (*impersonation.Checker, error) {
+	ic := impersonation.Config{TrustDomain: spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)}
+	for _, a := range cfg.TrustDomainAliases {
+		ic.Aliases = append(ic.Aliases, spiffeid.RequireTrustDomainFromString(a))
+	}
+	if clusters != nil {
+		ic.Clusters = impersonation.Registry{R: clusters}
+		for _, s := range cfg.Authn.NodeAgents {
+			a, err := impersonation.ParseNodeAgent(s)
+			if err != nil {
+				return nil, fmt.Errorf("authn.nodeAgents: %w", err)
+			}
+			ic.NodeAgents = append(ic.NodeAgents, a)
+		}
+	}
+	return impersonation.New(ic)
 }
 
 // clusterStates exports each cluster's sync state and cache sizes.

@@ -75,6 +75,9 @@ type Request struct {
 	TTL time.Duration
 	// CSRPEM overrides the generated CSR (for hostile-input tests).
 	CSRPEM string
+	// Impersonate asks for another workload's certificate, as ztunnel
+	// does for the pods on its node (ImpersonatedIdentity metadata).
+	Impersonate string
 }
 
 // Issued is what came back.
@@ -126,7 +129,13 @@ func (c *Client) CreateCertificate(ctx context.Context, r Request) (*Issued, err
 		md = append(md, "clusterid", r.ClusterID)
 	}
 	ctx = metadata.AppendToOutgoingContext(ctx, md...)
-	meta, _ := structpb.NewStruct(map[string]any{"CertSigner": ""})
+	// The agent's metadata; ztunnel's instead names the workload it asks
+	// for and no signer.
+	fields := map[string]any{"CertSigner": ""}
+	if r.Impersonate != "" {
+		fields = map[string]any{"ImpersonatedIdentity": r.Impersonate}
+	}
+	meta, _ := structpb.NewStruct(fields)
 	resp, err := c.rpc.CreateCertificate(ctx, &authv1.IstioCertificateRequest{
 		Csr:              csr,
 		ValidityDuration: int64(r.TTL / time.Second),

@@ -67,6 +67,10 @@ type TLS struct {
 
 // Authn selects the authenticators.
 type Authn struct {
+	// NodeAgents may ask for the certificates of the pods on their node
+	// (ambient: ztunnel), as "namespace/serviceaccount" (default
+	// [istio-system/ztunnel]; [] allows none). Needs kubernetes.
+	NodeAgents         []string   `json:"nodeAgents"`
 	Kubernetes         Kubernetes `json:"kubernetes,omitempty"`
 	JWKS               []JWKS     `json:"jwks,omitempty"`
 	ClientCertificates *bool      `json:"clientCertificates,omitempty"`
@@ -259,6 +263,9 @@ func (c *Config) ApplyDefaults() {
 	}
 	defD(&c.Authn.Kubernetes.Timeout, 5*time.Second)
 	def(&c.Authn.Kubernetes.Verification, "local")
+	if c.Authn.NodeAgents == nil {
+		c.Authn.NodeAgents = []string{"istio-system/ztunnel"}
+	}
 	if c.Authn.Kubernetes.QPS == 0 {
 		c.Authn.Kubernetes.QPS = 1000
 	}
@@ -361,6 +368,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Authn.Kubernetes.QPS < 0 || c.Authn.Kubernetes.Burst < 0 {
 		bad("authn.kubernetes.qps", "qps and burst must not be negative")
+	}
+	for i, a := range c.Authn.NodeAgents {
+		if ns, sa, ok := strings.Cut(a, "/"); !ok || ns == "" || sa == "" || strings.Contains(sa, "/") {
+			bad(fmt.Sprintf("authn.nodeAgents[%d]", i), "%q is not <namespace>/<service account>", a)
+		}
 	}
 	for alias, id := range c.Authn.Kubernetes.Clusters.Aliases {
 		if alias == "" || id == "" || alias == id {

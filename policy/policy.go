@@ -171,7 +171,7 @@ func (p *Policy) Authorize(id *authn.Identity, req Request) (*Decision, error) {
 	if id.ID.TrustDomain() != p.cfg.TrustDomain {
 		return nil, fmt.Errorf("%w: identity %s is not in trust domain %s", ErrDenied, id.ID, p.cfg.TrustDomain)
 	}
-	if err := p.checkMetadata(req.Metadata); err != nil {
+	if err := p.checkMetadata(id, req.Metadata); err != nil {
 		return nil, err
 	}
 	csr, err := p.parseCSR(req.CSRPEM)
@@ -237,7 +237,10 @@ func ServingTemplate(dnsNames []string, notBefore, notAfter time.Time) *x509.Cer
 	}
 }
 
-func (p *Policy) checkMetadata(md *structpb.Struct) error {
+// TrustDomain is the trust domain certificates are issued in.
+func (p *Policy) TrustDomain() spiffeid.TrustDomain { return p.cfg.TrustDomain }
+
+func (p *Policy) checkMetadata(id *authn.Identity, md *structpb.Struct) error {
 	if md == nil {
 		return nil
 	}
@@ -248,8 +251,12 @@ func (p *Policy) checkMetadata(md *structpb.Struct) error {
 		switch k {
 		case metaImpersonatedIdentity:
 			_, isNull := v.GetKind().(*structpb.Value_NullValue)
-			if !isNull && !(v.GetKind() != nil && v.GetStringValue() == "" && isString(v)) {
-				return fmt.Errorf("%w: metadata %s: this broker does not issue certificates for another identity", ErrDenied, k)
+			empty := isNull || (v.GetKind() != nil && v.GetStringValue() == "" && isString(v))
+			// Only an identity the impersonation step granted (a node
+			// agent's, for a pod on its node) may come with it, and only
+			// for the identity it names.
+			if !empty && (id.NodeAgent == nil || !isString(v) || !p.names(id.ID, v.GetStringValue())) {
+				return fmt.Errorf("%w: metadata %s: a certificate for another identity is issued only to a trusted node agent for a workload on its node", ErrDenied, k)
 			}
 		case metaCertSigner:
 			if _, ok := v.GetKind().(*structpb.Value_StringValue); !ok && v.GetKind() != nil {
@@ -343,6 +350,12 @@ func (p *Policy) checkNames(id spiffeid.ID, csr *x509.CertificateRequest) error 
 		}
 	}
 	return nil
+}
+
+// names reports whether s is id, in the primary or an alias trust domain.
+func (p *Policy) names(id spiffeid.ID, s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && p.sameWorkload(id, u)
 }
 
 func (p *Policy) sameWorkload(id spiffeid.ID, u *url.URL) bool {

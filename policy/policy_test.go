@@ -347,6 +347,35 @@ func mustStruct(m map[string]any) *structpb.Struct {
 	return s
 }
 
+// TestImpersonationMetadataNeedsAGrant: ImpersonatedIdentity is accepted
+// only for an identity the impersonation step granted to a node agent,
+// and only naming that identity.
+func TestImpersonationMetadataNeedsAGrant(t *testing.T) {
+	p := newPolicy(t, nil)
+	granted := identity()
+	granted.NodeAgent = &authn.Identity{ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/istio-system/sa/ztunnel")}
+	csr := csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller)})
+	cases := []struct {
+		name string
+		id   *authn.Identity
+		md   *structpb.Struct
+		want error
+	}{
+		{"granted, naming the granted identity", granted, mustStruct(map[string]any{"ImpersonatedIdentity": caller}), nil},
+		{"granted, naming it in an alias trust domain", granted, mustStruct(map[string]any{"ImpersonatedIdentity": "spiffe://old.example/ns/shop/sa/cart"}), nil},
+		{"granted, naming another identity", granted, mustStruct(map[string]any{"ImpersonatedIdentity": "spiffe://cluster.local/ns/shop/sa/admin"}), ErrDenied},
+		{"not granted", identity(), mustStruct(map[string]any{"ImpersonatedIdentity": caller}), ErrDenied},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := p.Authorize(tc.id, Request{CSRPEM: csr, Metadata: tc.md})
+			if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+				t.Fatalf("Authorize = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestAuthorizeBuildsTemplateFromPolicyOnly(t *testing.T) {
 	p := newPolicy(t, nil)
 	cases := []struct {

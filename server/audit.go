@@ -42,6 +42,15 @@ func (a *audit) identity(id *authn.Identity) {
 	a.log = a.log.With("identity", id.ID.String(), "authn", id.Method, "cluster", id.Cluster, "subject", id.Subject)
 }
 
+// impersonation records the workload a node agent was granted.
+func (a *audit) impersonation(id *authn.Identity) {
+	if id.NodeAgent == nil {
+		return
+	}
+	a.method = id.Method
+	a.log = a.log.With("impersonated", id.ID.String(), "node", id.NodeName, "authn", id.Method)
+}
+
 func (a *audit) decision(d *policy.Decision) {
 	a.log = a.log.With("requestedTTL", d.Requested.String(), "grantedTTL", d.Granted.String())
 	a.signAt = time.Now()

@@ -17,9 +17,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshca/broker/authn"
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/impersonation"
 	"github.com/meshca/broker/issuance"
 	"github.com/meshca/broker/policy"
 	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
@@ -40,8 +42,16 @@ type Config struct {
 	// Issuance shares one signing between an agent's retries of the same
 	// request; nil builds one with its defaults around Signer.
 	Issuance *issuance.Cache
+	// Impersonation decides whom a certificate is for when a node agent
+	// asks for another workload; nil refuses every such request.
+	Impersonation Impersonator
 	Logger   *slog.Logger
 	Metrics  *Metrics
+}
+
+// Impersonator resolves whom a certificate is for.
+type Impersonator interface {
+	Resolve(caller *authn.Identity, md *structpb.Struct) (*authn.Identity, error)
 }
 
 // Server implements IstioCertificateService.
@@ -64,6 +74,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
+	if cfg.Impersonation == nil {
+		td := cfg.Policy.TrustDomain()
+		imp, err := impersonation.New(impersonation.Config{TrustDomain: td})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Impersonation = imp
+	}
 	if cfg.Issuance == nil {
 		cfg.Issuance = issuance.New(cfg.Signer, issuance.Config{SignTimeout: max(time.Minute, cfg.SignTimeout)})
 	}
@@ -85,7 +103,14 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 	}
 	a.identity(id)
 
-	// 2. Authorize: what may the certificate say?
+	// 2. Whom is it for: the caller, or the workload a node agent (ambient
+	// ztunnel) asks for on its own node.
+	if id, err = s.cfg.Impersonation.Resolve(id, req.GetMetadata()); err != nil {
+		return nil, a.refuse(impersonationStatus(err))
+	}
+	a.impersonation(id)
+
+	// 3. Authorize: what may the certificate say?
 	decision, err := s.cfg.Policy.Authorize(id, policy.Request{
 		CSRPEM:          req.GetCsr(),
 		ValiditySeconds: req.GetValidityDuration(),
@@ -96,7 +121,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 	}
 	a.decision(decision)
 
-	// 3. Sign: the backend issues it, once for this request and its
+	// 4. Sign: the backend issues it, once for this request and its
 	// retries; signReq is the request it was issued for.
 	signCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
 	signReq, issued, outcome, err := s.cfg.Issuance.Sign(signCtx, &backends.Request{CSR: decision.CSR, Template: decision.Template})
@@ -106,7 +131,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 		return nil, a.refuse(backendStatus(ctx, err))
 	}
 
-	// 4. Verify: nothing the policy did not approve leaves the broker.
+	// 5. Verify: nothing the policy did not approve leaves the broker.
 	anchors, err := s.cfg.Anchors.Get(ctx)
 	if err != nil {
 		return nil, a.refuse(status.Error(codes.Unavailable, err.Error()))
@@ -117,7 +142,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 		return nil, a.refuse(status.Error(codes.Internal, "the certificate authority returned a certificate that failed the broker's verification; nothing was issued"))
 	}
 
-	// 5. Respond: leaf first, root last, one PEM certificate per entry.
+	// 6. Respond: leaf first, root last, one PEM certificate per entry.
 	a.issued(chain[0])
 	return &authv1.IstioCertificateResponse{CertChain: verify.PEM(chain)}, nil
 }
@@ -154,6 +179,13 @@ func authnStatus(err error) error {
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	return status.Error(codes.Unauthenticated, err.Error())
+}
+
+func impersonationStatus(err error) error {
+	if errors.Is(err, impersonation.ErrUnavailable) {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return status.Error(codes.PermissionDenied, err.Error())
 }
 
 func policyStatus(err error) error {

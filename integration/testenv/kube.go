@@ -299,6 +299,12 @@ func (k *Kube) CreateServiceAccount(t testing.TB, ns, name string) *corev1.Servi
 // is involved; it stays Pending, which is enough for bound tokens and informers.
 func (k *Kube) CreatePod(t testing.TB, ns, name, sa string) *corev1.Pod {
 	t.Helper()
+	return k.CreatePodOnNode(t, ns, name, sa, "testenv-node")
+}
+
+// CreatePodOnNode is CreatePod on the named node.
+func (k *Kube) CreatePodOnNode(t testing.TB, ns, name, sa, node string) *corev1.Pod {
+	t.Helper()
 	if sa == "" {
 		sa = "default"
 	}
@@ -308,7 +314,7 @@ func (k *Kube) CreatePod(t testing.TB, ns, name, sa string) *corev1.Pod {
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: sa,
-			NodeName:           "testenv-node",
+			NodeName:           node,
 			Containers:         []corev1.Container{{Name: "app", Image: "example.invalid/app:latest"}},
 		},
 	}
@@ -386,3 +392,6 @@ func (k *Kube) Stop() { k.proc.stop() }
 
 // Log returns the API server's output so far.
 func (k *Kube) Log() string { return k.proc.log() }
+
+// PID is the kube-apiserver's process ID (e.g. for CPU accounting from /proc/<pid>/stat).
+func (k *Kube) PID() int { return k.proc.pid() }
