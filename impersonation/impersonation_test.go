@@ -90,7 +90,11 @@ func TestResolve(t *testing.T) {
 			"spiffe://cluster.local/ns/shop/sa/cart", ErrDenied, "without a pod-bound token"},
 		{"the node agent's pod is gone", live(func(p map[string]cluster.Pod) { delete(p, "istio-system/ztunnel-a") }), ztunnel,
 			"spiffe://cluster.local/ns/shop/sa/cart", ErrDenied, "does not exist"},
-		{"the node agent's pod was recreated", live(func(p map[string]cluster.Pod) { z := p["istio-system/ztunnel-a"]; z.UID = "z-2"; p["istio-system/ztunnel-a"] = z }), ztunnel,
+		{"the node agent's pod was recreated", live(func(p map[string]cluster.Pod) {
+			z := p["istio-system/ztunnel-a"]
+			z.UID = "z-2"
+			p["istio-system/ztunnel-a"] = z
+		}), ztunnel,
 			"spiffe://cluster.local/ns/shop/sa/cart", ErrDenied, "has UID z-2"},
 		{"a workload on another node", live(nil), ztunnel, "spiffe://cluster.local/ns/shop/sa/payments", ErrDenied, "no running pod of shop/payments is on node node-a"},
 		{"a workload whose pod terminated", live(nil), ztunnel, "spiffe://cluster.local/ns/shop/sa/batch", ErrDenied, "no running pod"},

@@ -45,8 +45,8 @@ type Config struct {
 	// Impersonation decides whom a certificate is for when a node agent
 	// asks for another workload; nil refuses every such request.
 	Impersonation Impersonator
-	Logger   *slog.Logger
-	Metrics  *Metrics
+	Logger        *slog.Logger
+	Metrics       *Metrics
 }
 
 // Impersonator resolves whom a certificate is for.
