@@ -30,6 +30,7 @@ func TestInformerMemoryPerPod(t *testing.T) {
 	}
 	kube := testenv.StartKube(t)
 	kube.CreateNamespace(t, "load")
+	kube.CreateServiceAccount(t, "load", "web")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	start := time.Now()
