@@ -24,7 +24,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/types"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatainformer"
@@ -114,8 +115,6 @@ type Cluster struct {
 
 	podInformer cache.SharedIndexInformer
 	saInformer  cache.SharedIndexInformer
-	factory     informers.SharedInformerFactory
-	mdFactory   metadatainformer.SharedInformerFactory
 
 	verifier atomic.Pointer[jwks.Authenticator]
 	issuer   atomic.Value // string
@@ -161,47 +160,69 @@ func New(id string, rc *rest.Config, opts Options) (*Cluster, error) {
 	c.state.Store(Syncing)
 	c.issuer.Store("")
 
-	c.factory = informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(stripPod))
-	c.podInformer = c.factory.Core().V1().Pods().Informer()
-	if err := c.podInformer.AddIndexers(cache.Indexers{indexNodeServiceAccount: func(obj any) ([]string, error) {
-		p, ok := obj.(*corev1.Pod)
-		if !ok || p.Spec.NodeName == "" {
+	// Informers built directly, not from a factory, so they carry only
+	// the index the broker uses (a factory adds a namespace index).
+	c.podInformer = coreinformers.NewPodInformer(cs, metav1.NamespaceAll, resync, cache.Indexers{indexNodeServiceAccount: func(obj any) ([]string, error) {
+		p, ok := obj.(*podEntry)
+		if !ok || p.node == "" {
 			return nil, nil
 		}
-		return []string{p.Spec.NodeName + "/" + p.Namespace + "/" + p.Spec.ServiceAccountName}, nil
-	}}); err != nil {
-		return nil, fmt.Errorf("cluster %s: pod index: %w", id, err)
+		return []string{p.node + "/" + p.namespace + "/" + p.serviceAccount}, nil
+	}})
+	if err := c.podInformer.SetTransform(compactPod); err != nil {
+		return nil, fmt.Errorf("cluster %s: pod transform: %w", id, err)
 	}
-	c.mdFactory = metadatainformer.NewSharedInformerFactoryWithOptions(mdc, resync, metadatainformer.WithTransform(stripMetadata))
-	c.saInformer = c.mdFactory.ForResource(serviceAccountsGVR).Informer()
+	c.saInformer = metadatainformer.NewFilteredMetadataInformer(mdc, serviceAccountsGVR, metav1.NamespaceAll, resync, cache.Indexers{}, nil).Informer()
+	if err := c.saInformer.SetTransform(compactMetadata); err != nil {
+		return nil, fmt.Errorf("cluster %s: service account transform: %w", id, err)
+	}
 	return c, nil
 }
 
-// stripPod keeps what the broker reads of a pod: a full pod is several
-// KiB, this is about a tenth of that.
-func stripPod(obj any) (any, error) {
+// podEntry is what the cache keeps of a pod: a few strings instead of a
+// pod (several KiB as sent, over 1 KiB even emptied, since a PodSpec has
+// well over a hundred fields).
+type podEntry struct {
+	name, namespace, uid string
+	node, serviceAccount string
+	terminated, deleting bool
+}
+
+// GetObjectMeta lets the cache key the entry by namespace/name.
+func (p *podEntry) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Name: p.name, Namespace: p.namespace, UID: types.UID(p.uid)}
+}
+
+func compactPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
-		return obj, nil
+		return obj, nil // a tombstone, or already compact
 	}
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: p.Name, Namespace: p.Namespace, UID: p.UID,
-			ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp,
-		},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName},
-		Status: corev1.PodStatus{Phase: p.Status.Phase},
+	return &podEntry{
+		name: p.Name, namespace: p.Namespace, uid: string(p.UID),
+		node: p.Spec.NodeName, serviceAccount: p.Spec.ServiceAccountName,
+		terminated: p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+		deleting:   p.DeletionTimestamp != nil,
 	}, nil
 }
 
-func stripMetadata(obj any) (any, error) {
+// objectEntry is what the cache keeps of a service account.
+type objectEntry struct {
+	name, namespace, uid string
+	deleting             bool
+}
+
+// GetObjectMeta lets the cache key the entry by namespace/name.
+func (o *objectEntry) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Name: o.name, Namespace: o.namespace, UID: types.UID(o.uid)}
+}
+
+func compactMetadata(obj any) (any, error) {
 	m, ok := obj.(*metav1.PartialObjectMetadata)
 	if !ok {
 		return obj, nil
 	}
-	return &metav1.PartialObjectMetadata{TypeMeta: m.TypeMeta, ObjectMeta: metav1.ObjectMeta{
-		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, DeletionTimestamp: m.DeletionTimestamp,
-	}}, nil
+	return &objectEntry{name: m.Name, namespace: m.Namespace, uid: string(m.UID), deleting: m.DeletionTimestamp != nil}, nil
 }
 
 // Start begins watching and fetching the issuer's keys, in the background,
@@ -210,8 +231,8 @@ func (c *Cluster) Start() {
 	c.startOnce.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
 		c.cancel = cancel
-		c.factory.Start(ctx.Done())
-		c.mdFactory.Start(ctx.Done())
+		go c.podInformer.Run(ctx.Done())
+		go c.saInformer.Run(ctx.Done())
 		go func() {
 			defer close(c.done)
 			c.run(ctx)
@@ -399,11 +420,11 @@ func (c *Cluster) ServiceAccountUID(namespace, name string) (string, bool) {
 	if err != nil || !ok {
 		return "", false
 	}
-	m, ok := obj.(*metav1.PartialObjectMetadata)
-	if !ok || m.DeletionTimestamp != nil {
+	o, ok := obj.(*objectEntry)
+	if !ok || o.deleting {
 		return "", false
 	}
-	return string(m.UID), true
+	return o.uid, true
 }
 
 // LookupServiceAccount answers from the cache when synced, else asks the
@@ -429,11 +450,11 @@ func (c *Cluster) Pod(namespace, name string) (Pod, bool) {
 	if err != nil || !ok {
 		return Pod{}, false
 	}
-	p, ok := obj.(*corev1.Pod)
+	p, ok := obj.(*podEntry)
 	if !ok {
 		return Pod{}, false
 	}
-	return podOf(p), true
+	return p.pod(), true
 }
 
 // RunsOn reports whether a pod of namespace/serviceAccount that has not
@@ -444,22 +465,16 @@ func (c *Cluster) RunsOn(node, namespace, serviceAccount string) bool {
 		return false
 	}
 	for _, obj := range objs {
-		if p, ok := obj.(*corev1.Pod); ok {
-			if pp := podOf(p); !pp.Terminated && !pp.Deleting {
-				return true
-			}
+		if p, ok := obj.(*podEntry); ok && !p.terminated && !p.deleting {
+			return true
 		}
 	}
 	return false
 }
 
-func podOf(p *corev1.Pod) Pod {
-	return Pod{
-		Name: p.Name, Namespace: p.Namespace, UID: string(p.UID),
-		ServiceAccount: p.Spec.ServiceAccountName, Node: p.Spec.NodeName,
-		Terminated: p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
-		Deleting:   p.DeletionTimestamp != nil,
-	}
+func (p *podEntry) pod() Pod {
+	return Pod{Name: p.name, Namespace: p.namespace, UID: p.uid, ServiceAccount: p.serviceAccount, Node: p.node,
+		Terminated: p.terminated, Deleting: p.deleting}
 }
 
 // Counts is the number of cached pods and service accounts.
