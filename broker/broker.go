@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -57,7 +56,7 @@ type Options struct {
 // Broker is a running broker.
 type Broker struct {
 	Signer  backends.Signer
-	Anchors *trust.Anchors
+	Trust   *trust.Bundle
 	Log     *slog.Logger
 
 	grpc     *grpc.Server
@@ -83,8 +82,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	if err != nil {
 		return nil, fmt.Errorf("backend: %w", err)
 	}
-	anchors := trust.NewAnchors(signer.TrustAnchors, cfg.TrustAnchorsRefresh.Duration, log)
-	if _, err := anchors.Get(ctx); err != nil {
+	anchors := trust.NewBundle(trust.BundleConfig{Backend: signer.TrustAnchors, Extra: extraRoots(cfg.ExtraTrustedRoots), Refresh: cfg.TrustAnchorsRefresh.Duration, Log: log})
+	if err := anchors.Load(ctx); err != nil {
 		return nil, err
 	}
 	pol, err := policy.New(cfg.PolicyConfig())
@@ -113,7 +112,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		Authenticator: authenticator,
 		Policy:        pol,
 		Signer:        signer,
-		Anchors:       anchors,
+		Trust:         anchors,
 		SignTimeout:   cfg.SignTimeout.Duration,
 		Logger:        log,
 		Metrics:       server.NewMetrics(reg),
@@ -150,7 +149,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		}
 	}
 	parts := &runner.Group{Log: log}
-	b := &Broker{Signer: signer, Anchors: anchors, Log: log, grpc: gs, lis: lis, rotator: rot, parts: parts, clusters: clusters, serveErr: make(chan error, 2)}
+	b := &Broker{Signer: signer, Trust: anchors, Log: log, grpc: gs, lis: lis, rotator: rot, parts: parts, clusters: clusters, serveErr: make(chan error, 2)}
 	if cfg.MetricsListen != "off" {
 		if b.metLis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
 			lis.Close()
@@ -174,6 +173,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		b.goServe(func() error { return b.metrics.Serve(b.metLis) })
 	}
 	// Every long-running part under one lifecycle.
+	parts.Add("trust-bundle", anchors)
 	parts.Add("serving-certificate", runner.Func(func(ctx context.Context) error { rot.Run(ctx); return nil }))
 	if clusters != nil {
 		parts.Add("clusters", clusters)
@@ -211,16 +211,12 @@ func (b *Broker) MetricsAddr() string {
 }
 
 // RootsPEM is the trust bundle a mesh needs (Istio's root-cert.pem).
-func (b *Broker) RootsPEM(ctx context.Context) ([]byte, error) {
-	certs, err := b.Anchors.Get(ctx)
-	if err != nil {
-		return nil, err
+func (b *Broker) RootsPEM(context.Context) ([]byte, error) {
+	s := b.Trust.Current()
+	if s == nil {
+		return nil, errors.New("trust bundle not loaded")
 	}
-	var out []byte
-	for _, c := range certs {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out, nil
+	return s.PEM, nil
 }
 
 // ServingCertificate is the current TLS certificate, for tests.
@@ -294,6 +290,16 @@ func newClusters(cfg *config.Config, log *slog.Logger) (*cluster.Registry, error
 	return reg, nil
 }
 
+// extraRoots reads the configured extra trusted roots (nil when none).
+func extraRoots(file string) trust.Source {
+	if file == "" {
+		return nil
+	}
+	return func(context.Context) ([]*x509.Certificate, error) {
+		return backends.ReadCertificates(file)
+	}
+}
+
 // newImpersonation allows the configured node agents (ambient ztunnel) the
 // certificates of the pods on their node.
 func newImpersonation(cfg *config.Config, clusters *cluster.Registry) (*impersonation.Checker, error) {
@@ -340,7 +346,7 @@ func (c clusterStates) Collect(ch chan<- prometheus.Metric) {
 // off).
 func (b *Broker) Clusters() *cluster.Registry { return b.clusters }
 
-func authenticators(cfg *config.Config, anchors *trust.Anchors, clusters *cluster.Registry, extra []authn.Authenticator) (authn.Chain, error) {
+func authenticators(cfg *config.Config, anchors *trust.Bundle, clusters *cluster.Registry, extra []authn.Authenticator) (authn.Chain, error) {
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	var chain authn.Chain
 	if *cfg.Authn.ClientCertificates {

@@ -47,6 +47,11 @@ type Config struct {
 	// TrustAnchorsRefresh is how often the backend's trust anchors are
 	// read again (default 5m).
 	TrustAnchorsRefresh Duration `json:"trustAnchorsRefresh,omitempty"`
+	// ExtraTrustedRoots is a PEM file of roots the mesh trusts besides the
+	// backend's (a root coming or going in a rotation): they are in the
+	// trust bundle every response and root-cert.pem carry. Re-read at
+	// every refresh.
+	ExtraTrustedRoots string `json:"extraTrustedRoots,omitempty"`
 
 	TLS     TLS     `json:"tls,omitempty"`
 	Authn   Authn   `json:"authn,omitempty"`

@@ -34,7 +34,9 @@ type Config struct {
 	Authenticator authn.Authenticator
 	Policy        *policy.Policy
 	Signer        backends.Signer
-	Anchors       *trust.Anchors
+	// Trust is the trust bundle: what issued chains must verify to, and
+	// the last element of every response.
+	Trust *trust.Bundle
 	// SignTimeout bounds how long a request waits for its backend
 	// signing, retries included. A signing that takes longer goes on for
 	// the agent's retry of the same request to collect (Issuance).
@@ -62,8 +64,8 @@ type Server struct {
 
 // New returns a server; every part of cfg but Logger and Metrics is required.
 func New(cfg Config) (*Server, error) {
-	if cfg.Authenticator == nil || cfg.Policy == nil || cfg.Signer == nil || cfg.Anchors == nil {
-		return nil, errors.New("server: authenticator, policy, signer and anchors are all required")
+	if cfg.Authenticator == nil || cfg.Policy == nil || cfg.Signer == nil || cfg.Trust == nil {
+		return nil, errors.New("server: authenticator, policy, signer and trust bundle are all required")
 	}
 	if cfg.SignTimeout <= 0 {
 		cfg.SignTimeout = 10 * time.Second
@@ -132,19 +134,25 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 	}
 
 	// 5. Verify: nothing the policy did not approve leaves the broker.
-	anchors, err := s.cfg.Anchors.Get(ctx)
-	if err != nil {
-		return nil, a.refuse(status.Error(codes.Unavailable, err.Error()))
+	bundle := s.cfg.Trust.Current()
+	if bundle == nil {
+		return nil, a.refuse(status.Error(codes.Unavailable, "trust bundle not loaded yet"))
 	}
-	chain, err := verify.Chain(signReq, issued, anchors, time.Now())
+	chain, err := verify.Chain(signReq, issued, bundle.Roots, time.Now())
 	if err != nil {
+		// The backend may have moved to a root the bundle has not
+		// picked up yet: look again now rather than at the next refresh.
+		s.cfg.Trust.RefreshSoon()
 		a.log.Error("backend returned a certificate that failed verification; nothing was returned", "error", err)
 		return nil, a.refuse(status.Error(codes.Internal, "the certificate authority returned a certificate that failed the broker's verification; nothing was issued"))
 	}
 
-	// 6. Respond: leaf first, root last, one PEM certificate per entry.
+	// 6. Respond as istiod does: the leaf, its intermediates, and last the
+	// whole trust bundle in one element (the agent and ztunnel take their
+	// roots from it, so every root the mesh trusts travels with every
+	// certificate, which is what makes a root rotation seamless).
 	a.issued(chain[0])
-	return &authv1.IstioCertificateResponse{CertChain: verify.PEM(chain)}, nil
+	return &authv1.IstioCertificateResponse{CertChain: verify.Response(chain, bundle.PEM)}, nil
 }
 
 // callerOf collects what the transport says about the caller.

@@ -99,7 +99,7 @@ func newFixture(t testing.TB) *fixture {
 		Authenticator: f.authn,
 		Policy:        pol,
 		Signer:        f.signer,
-		Anchors:       trust.NewAnchors(ca.TrustAnchors, time.Minute, nil),
+		Trust:         mustBundle(t, ca.TrustAnchors),
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -306,4 +306,13 @@ func TestEveryOutcomeIsAuditedOnce(t *testing.T) {
 			t.Errorf("refusal line lacks %s: %s", want, lines[1])
 		}
 	}
+}
+
+func mustBundle(t testing.TB, src trust.Source) *trust.Bundle {
+	t.Helper()
+	b, err := trust.LoadBundle(context.Background(), trust.BundleConfig{Backend: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -36,13 +36,13 @@ type Config struct {
 type Rotator struct {
 	cfg     Config
 	signer  backends.Signer
-	anchors *trust.Anchors
+	anchors *trust.Bundle
 	log     *slog.Logger
 	cur     atomic.Pointer[tls.Certificate]
 }
 
 // New returns a rotator; call Issue once before serving, then Run.
-func New(cfg Config, signer backends.Signer, anchors *trust.Anchors, log *slog.Logger) (*Rotator, error) {
+func New(cfg Config, signer backends.Signer, anchors *trust.Bundle, log *slog.Logger) (*Rotator, error) {
 	if len(cfg.DNSNames) == 0 {
 		return nil, errors.New("servingcert: at least one DNS name is required")
 	}

@@ -15,7 +15,7 @@ import (
 
 func newRotator(t *testing.T, signer backends.Signer) *Rotator {
 	t.Helper()
-	r, err := New(Config{DNSNames: []string{"istiod.istio-system.svc", "meshca.example"}, TTL: time.Hour}, signer, trust.NewAnchors(signer.TrustAnchors, time.Minute, nil), nil)
+	r, err := New(Config{DNSNames: []string{"istiod.istio-system.svc", "meshca.example"}, TTL: time.Hour}, signer, mustBundle(t, signer.TrustAnchors), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,4 +98,13 @@ func TestFailedRenewalKeepsServingTheCurrentCertificate(t *testing.T) {
 	if got, _ := r.GetCertificate(&tls.ClientHelloInfo{}); got != cur {
 		t.Fatal("a failed renewal dropped the working certificate")
 	}
+}
+
+func mustBundle(t testing.TB, src trust.Source) *trust.Bundle {
+	t.Helper()
+	b, err := trust.LoadBundle(context.Background(), trust.BundleConfig{Backend: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -2,46 +2,116 @@ package trust
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-func TestAnchorsKeepLastGoodSetAndBackOff(t *testing.T) {
-	good := []*x509.Certificate{{Raw: []byte{1}}}
-	var calls int
-	var fail bool
-	a := NewAnchors(func(context.Context) ([]*x509.Certificate, error) {
-		calls++
-		if fail {
-			return nil, errors.New("backend down")
-		}
-		return good, nil
-	}, time.Nanosecond, nil)
-	ctx := context.Background()
-	if got, err := a.Get(ctx); err != nil || len(got) != 1 {
-		t.Fatalf("first load: %v %v", got, err)
+func root(t *testing.T, name string) *x509.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
 	}
-	fail = true
-	for range 5 {
-		if got, err := a.Get(ctx); err != nil || len(got) != 1 {
-			t.Fatalf("during an outage: %v %v", got, err)
-		}
+	c, _ := x509.ParseCertificate(der)
+	return c
+}
+
+// source is a settable source.
+type source struct {
+	mu    sync.Mutex
+	certs []*x509.Certificate
+	err   error
+	calls int
+}
+
+func (s *source) get(context.Context) ([]*x509.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	return s.certs, s.err
+}
+
+func (s *source) set(certs []*x509.Certificate, err error) {
+	s.mu.Lock()
+	s.certs, s.err = certs, err
+	s.mu.Unlock()
+}
+
+func TestBundleIsBackendPlusExtraOnceEach(t *testing.T) {
+	oldRoot, newRoot := root(t, "old"), root(t, "new")
+	backend, extra := &source{certs: []*x509.Certificate{oldRoot}}, &source{certs: []*x509.Certificate{newRoot, oldRoot}}
+	b, err := LoadBundle(context.Background(), BundleConfig{Backend: backend.get, Extra: extra.get})
+	if err != nil {
+		t.Fatal(err)
 	}
-	// One failed refresh, then no more asking until the retry interval.
-	if calls != 2 {
-		t.Fatalf("source asked %d times, want 2", calls)
+	s := b.Current()
+	if len(s.Roots) != 2 || !s.Roots[0].Equal(oldRoot) || !s.Roots[1].Equal(newRoot) {
+		t.Fatalf("roots %v, want old then new, once each", s.Roots)
+	}
+	if n := strings.Count(string(s.PEM), "BEGIN CERTIFICATE"); n != 2 {
+		t.Fatalf("PEM holds %d certificates, want 2", n)
 	}
 }
 
-func TestAnchorsFailClosedWithoutAnySet(t *testing.T) {
+func TestBundleKeepsLastGoodSetAndTellsSubscribersOfChanges(t *testing.T) {
+	r1, r2 := root(t, "one"), root(t, "two")
+	backend := &source{certs: []*x509.Certificate{r1}}
+	b, err := LoadBundle(context.Background(), BundleConfig{Backend: backend.get, Refresh: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := b.Subscribe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	// An outage keeps the last good set, and is no change.
+	backend.set(nil, errors.New("backend down"))
+	time.Sleep(50 * time.Millisecond)
+	if s := b.Current(); len(s.Roots) != 1 || !s.Roots[0].Equal(r1) || s.Generation != 1 {
+		t.Fatalf("during an outage: %v generation %d", s.Roots, s.Generation)
+	}
+	select {
+	case <-changed:
+		t.Fatal("an outage was reported as a change")
+	default:
+	}
+	// A new root is a change; a poke picks it up before the interval.
+	backend.set([]*x509.Certificate{r2}, nil)
+	b.RefreshSoon()
+	select {
+	case <-changed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no change reported")
+	}
+	if s := b.Current(); !s.Roots[0].Equal(r2) || s.Generation != 2 {
+		t.Fatalf("after the change: %v generation %d", s.Roots, s.Generation)
+	}
+}
+
+func TestBundleFailsClosedWithoutAnySet(t *testing.T) {
 	for name, src := range map[string]Source{
 		"error": func(context.Context) ([]*x509.Certificate, error) { return nil, errors.New("down") },
 		"empty": func(context.Context) ([]*x509.Certificate, error) { return nil, nil },
 	} {
-		if _, err := NewAnchors(src, time.Minute, nil).Get(context.Background()); err == nil {
+		b := NewBundle(BundleConfig{Backend: src})
+		if err := b.Load(context.Background()); err == nil {
 			t.Errorf("%s: no error", name)
+		}
+		if _, err := b.Get(context.Background()); err == nil {
+			t.Errorf("%s: Get before a successful load returned no error", name)
 		}
 	}
 }

@@ -105,6 +105,15 @@ func Chain(req *backends.Request, issued []*x509.Certificate, anchors []*x509.Ce
 	return best, nil
 }
 
+// Response is the CreateCertificate answer for a verified chain (leaf to
+// anchor): the leaf and intermediates, one PEM certificate per entry, then
+// the whole trust bundle as the last entry, as istiod answers. The anchor
+// the chain ends in is in the bundle, so it is not repeated.
+func Response(chain []*x509.Certificate, bundlePEM []byte) []string {
+	out := PEM(chain[:len(chain)-1])
+	return append(out, string(bundlePEM))
+}
+
 // PEM encodes a chain the way Istio's CA answers: one PEM certificate per
 // entry, each ending in a newline.
 func PEM(chain []*x509.Certificate) []string {
