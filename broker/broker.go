@@ -55,9 +55,9 @@ type Options struct {
 
 // Broker is a running broker.
 type Broker struct {
-	Signer  backends.Signer
-	Trust   *trust.Bundle
-	Log     *slog.Logger
+	Signer backends.Signer
+	Trust  *trust.Bundle
+	Log    *slog.Logger
 
 	grpc     *grpc.Server
 	lis      net.Listener
