@@ -32,6 +32,8 @@ import (
 	"github.com/meshca/broker/cluster"
 	"github.com/meshca/broker/config"
 	"github.com/meshca/broker/impersonation"
+	"github.com/meshca/broker/istiodcert"
+	"github.com/meshca/broker/leader"
 	"github.com/meshca/broker/policy"
 	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
 	"github.com/meshca/broker/runner"
@@ -149,6 +151,32 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		}
 	}
 	parts := &runner.Group{Log: log}
+	if *cfg.LeaderElection.Enabled {
+		el, err := leader.New(leader.Config{
+			Client: clusters.Local().Client, Namespace: cfg.LeaderElection.Namespace, Name: cfg.LeaderElection.Name,
+			Identity:      cfg.LeaderElection.Identity,
+			LeaseDuration: cfg.LeaderElection.LeaseDuration.Duration,
+			RenewDeadline: cfg.LeaderElection.LeaseDuration.Duration * 2 / 3,
+			RetryPeriod:   max(cfg.LeaderElection.LeaseDuration.Duration/7, 500*time.Millisecond),
+			Log:           log,
+		})
+		if err != nil {
+			lis.Close()
+			return nil, err
+		}
+		parts.Elector = el
+	}
+	if cfg.Istiod.Enabled {
+		k, err := istiodcert.New(istiodcert.Config{
+			Client: clusters.Local().Client, Namespace: cfg.Istiod.Namespace, Name: cfg.Istiod.SecretName,
+			Revision: cfg.Istiod.Revision, ExtraDNSNames: cfg.Istiod.ExtraDNSNames, TTL: cfg.Istiod.TTL.Duration, Log: log,
+		}, signer, anchors)
+		if err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("istiod: %w", err)
+		}
+		parts.Add("istiod-certificate", k)
+	}
 	b := &Broker{Signer: signer, Trust: anchors, Log: log, grpc: gs, lis: lis, rotator: rot, parts: parts, clusters: clusters, serveErr: make(chan error, 2)}
 	if cfg.MetricsListen != "off" {
 		if b.metLis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {

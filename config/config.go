@@ -53,11 +53,13 @@ type Config struct {
 	// every refresh.
 	ExtraTrustedRoots string `json:"extraTrustedRoots,omitempty"`
 
-	TLS     TLS     `json:"tls,omitempty"`
-	Authn   Authn   `json:"authn,omitempty"`
-	Policy  Policy  `json:"policy,omitempty"`
-	Backend Backend `json:"backend,omitempty"`
-	Log     Log     `json:"log,omitempty"`
+	TLS            TLS            `json:"tls,omitempty"`
+	LeaderElection LeaderElection `json:"leaderElection,omitempty"`
+	Istiod         Istiod         `json:"istiod,omitempty"`
+	Authn          Authn          `json:"authn,omitempty"`
+	Policy         Policy         `json:"policy,omitempty"`
+	Backend        Backend        `json:"backend,omitempty"`
+	Log            Log            `json:"log,omitempty"`
 }
 
 // TLS is the serving certificate.
@@ -67,6 +69,42 @@ type TLS struct {
 	// agent checks when its CA address says localhost.
 	DNSNames []string `json:"dnsNames,omitempty"`
 	// TTL of the serving certificate (default 24h); renewed at 2/3.
+	TTL Duration `json:"ttl,omitempty"`
+}
+
+// LeaderElection picks the one replica that writes shared state (the
+// published trust bundle, istiod's certificate), with a Lease in the local
+// cluster. Every replica serves certificates.
+type LeaderElection struct {
+	// Enabled defaults to true when Kubernetes authentication is on; off,
+	// this replica always leads.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Namespace of the Lease (default: $POD_NAMESPACE, else istio-system).
+	Namespace string `json:"namespace,omitempty"`
+	// Name of the Lease, one per broker install (default meshca-broker).
+	Name string `json:"name,omitempty"`
+	// LeaseDuration: a new leader takes over within about this long after
+	// the leader goes (default 15s).
+	LeaseDuration Duration `json:"leaseDuration,omitempty"`
+	// Identity of this replica in the Lease (default: $POD_NAME, else
+	// hostname and process ID).
+	Identity string `json:"identity,omitempty"`
+}
+
+// Istiod is istiod's serving certificate, kept by the broker so istiod can
+// run with its CA off.
+type Istiod struct {
+	// Enabled turns it on (default false).
+	Enabled bool `json:"enabled,omitempty"`
+	// Namespace of istiod and of the Secret (default istio-system).
+	Namespace string `json:"namespace,omitempty"`
+	// SecretName (default istiod-tls): tls.crt, tls.key, ca.crt.
+	SecretName string `json:"secretName,omitempty"`
+	// Revision adds istiod-<revision>.<namespace>.svc to the names.
+	Revision string `json:"revision,omitempty"`
+	// ExtraDNSNames are added to istiod.<namespace>.svc.
+	ExtraDNSNames []string `json:"extraDNSNames,omitempty"`
+	// TTL of the certificate (default 24h), renewed at two thirds.
 	TTL Duration `json:"ttl,omitempty"`
 }
 
@@ -268,6 +306,18 @@ func (c *Config) ApplyDefaults() {
 	}
 	defD(&c.Authn.Kubernetes.Timeout, 5*time.Second)
 	def(&c.Authn.Kubernetes.Verification, "local")
+	if c.LeaderElection.Enabled == nil {
+		on := c.Authn.Kubernetes.Enabled == nil || *c.Authn.Kubernetes.Enabled
+		c.LeaderElection.Enabled = &on
+	}
+	def(&c.LeaderElection.Namespace, os.Getenv("POD_NAMESPACE"))
+	def(&c.LeaderElection.Namespace, "istio-system")
+	def(&c.LeaderElection.Name, "meshca-broker")
+	def(&c.LeaderElection.Identity, os.Getenv("POD_NAME"))
+	defD(&c.LeaderElection.LeaseDuration, 15*time.Second)
+	def(&c.Istiod.Namespace, "istio-system")
+	def(&c.Istiod.SecretName, "istiod-tls")
+	defD(&c.Istiod.TTL, 24*time.Hour)
 	if c.Authn.NodeAgents == nil {
 		c.Authn.NodeAgents = []string{"istio-system/ztunnel"}
 	}
@@ -365,6 +415,18 @@ func (c *Config) Validate() error {
 	}
 	if c.TLS.TTL.Duration < 10*time.Minute {
 		bad("tls.ttl", "%s is shorter than 10m", c.TLS.TTL)
+	}
+	if *c.LeaderElection.Enabled && !*c.Authn.Kubernetes.Enabled {
+		bad("leaderElection.enabled", "needs authn.kubernetes (the Lease lives in the local cluster)")
+	}
+	if d := c.LeaderElection.LeaseDuration.Duration; d < 2*time.Second || d > 5*time.Minute {
+		bad("leaderElection.leaseDuration", "%s is outside [2s, 5m]", d)
+	}
+	if c.Istiod.Enabled && !*c.Authn.Kubernetes.Enabled {
+		bad("istiod.enabled", "needs authn.kubernetes (the Secret lives in the local cluster)")
+	}
+	if c.Istiod.TTL.Duration < 10*time.Minute {
+		bad("istiod.ttl", "%s is shorter than 10m", c.Istiod.TTL)
 	}
 	switch c.Authn.Kubernetes.Verification {
 	case "local", "tokenreview":

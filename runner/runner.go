@@ -8,7 +8,6 @@ package runner
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -66,20 +65,22 @@ type part struct {
 	r    Runnable
 }
 
-// Add registers a part; parts added after Start start at once.
+// Add registers a part. Parts that need no leader and are added after
+// Start start at once; parts that need a leader must be added before
+// Start.
 func (g *Group) Add(name string, r Runnable) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.parts = append(g.parts, part{name, r})
-	if g.started {
-		g.startLocked(part{name, r})
+	p := part{name, r}
+	g.parts = append(g.parts, p)
+	if g.started && !needsLeader(r) {
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); g.keepRunning(g.ctx, p) }()
 	}
 }
 
-var errStopped = errors.New("runner group stopped")
-
 // Start runs every part: those that need no leader at once, the others
-// whenever this replica leads.
+// together whenever this replica leads (one election for all of them).
 func (g *Group) Start() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -95,34 +96,42 @@ func (g *Group) Start() {
 	if g.RestartDelay <= 0 {
 		g.RestartDelay = time.Second
 	}
-	ctx, cancel := context.WithCancelCause(context.Background())
-	g.cancel = func() { cancel(errStopped) }
-	g.ctx = ctx
-	g.started = true
+	ctx, cancel := context.WithCancel(context.Background())
+	g.ctx, g.cancel, g.started = ctx, cancel, true
+	var leaderParts []part
 	for _, p := range g.parts {
-		g.startLocked(p)
+		if needsLeader(p.r) {
+			leaderParts = append(leaderParts, p)
+			continue
+		}
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); g.keepRunning(ctx, p) }()
 	}
+	if len(leaderParts) == 0 {
+		return
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.Elector.Run(ctx, func(lctx context.Context) {
+			var wg sync.WaitGroup
+			for _, p := range leaderParts {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					g.Log.Info("leading: starting", "part", p.name)
+					g.keepRunning(lctx, p)
+					g.Log.Info("leading no more: stopped", "part", p.name)
+				}()
+			}
+			wg.Wait()
+		})
+	}()
 }
 
 func needsLeader(r Runnable) bool {
 	l, ok := r.(LeaderElectionRunnable)
 	return ok && l.NeedLeaderElection()
-}
-
-func (g *Group) startLocked(p part) {
-	g.wg.Add(1)
-	if !needsLeader(p.r) {
-		go func() { defer g.wg.Done(); g.keepRunning(g.ctx, p) }()
-		return
-	}
-	go func() {
-		defer g.wg.Done()
-		g.Elector.Run(g.ctx, func(ctx context.Context) {
-			g.Log.Info("leading: starting", "part", p.name)
-			g.keepRunning(ctx, p)
-			g.Log.Info("no longer leading: stopped", "part", p.name)
-		})
-	}()
 }
 
 func (g *Group) keepRunning(ctx context.Context, p part) {

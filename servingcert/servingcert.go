@@ -30,6 +30,12 @@ type Config struct {
 	TTL      time.Duration
 	// Timeout bounds one issuance (default 30s).
 	Timeout time.Duration
+	// OnIssued, if set, is called with every certificate made current
+	// (to store it elsewhere, e.g. istiod's Secret); an error makes the
+	// issuance count as failed and be retried.
+	OnIssued func(ctx context.Context, cert *tls.Certificate) error
+	// Name says whose certificate this is, in logs (default "serving").
+	Name string
 }
 
 // Rotator holds the current serving certificate and renews it.
@@ -51,6 +57,9 @@ func New(cfg Config, signer backends.Signer, anchors *trust.Bundle, log *slog.Lo
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.Name == "" {
+		cfg.Name = "serving"
 	}
 	if log == nil {
 		log = slog.Default()
@@ -94,10 +103,19 @@ func (r *Rotator) Issue(ctx context.Context) error {
 	for _, c := range chain[:max(1, len(chain)-1)] {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
+	if r.cfg.OnIssued != nil {
+		if err := r.cfg.OnIssued(ctx, cert); err != nil {
+			return fmt.Errorf("servingcert: storing the %s certificate: %w", r.cfg.Name, err)
+		}
+	}
 	r.cur.Store(cert)
-	r.log.Info("serving certificate issued", "dnsNames", r.cfg.DNSNames, "notAfter", chain[0].NotAfter.UTC().Format(time.RFC3339))
+	r.log.Info(r.cfg.Name+" certificate issued", "dnsNames", r.cfg.DNSNames, "notAfter", chain[0].NotAfter.UTC().Format(time.RFC3339))
 	return nil
 }
+
+// Adopt makes an existing certificate current (one kept from a previous
+// run), so it is renewed on its own schedule rather than at once.
+func (r *Rotator) Adopt(cert *tls.Certificate) { r.cur.Store(cert) }
 
 // Current returns the certificate in use.
 func (r *Rotator) Current() *tls.Certificate { return r.cur.Load() }
@@ -120,7 +138,7 @@ func (r *Rotator) Run(ctx context.Context) {
 			return
 		}
 		if err := r.Issue(ctx); err != nil {
-			r.log.Error("renewing the serving certificate failed; will retry", "error", err, "retryIn", backoff)
+			r.log.Error("renewing the "+r.cfg.Name+" certificate failed; will retry", "error", err, "retryIn", backoff)
 			if !sleep(ctx, backoff) {
 				return
 			}
