@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -92,6 +93,16 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
+	var configured []*x509.Certificate
+	if cfg.Authn.ClientCertificateIssuers != "" {
+		if configured, err = backends.ReadCertificates(cfg.Authn.ClientCertificateIssuers); err != nil {
+			return nil, fmt.Errorf("authn.clientCertificateIssuers: %w", err)
+		}
+	}
+	issuers, err := trust.NewIssuers(configured, filepath.Join(cfg.DataDir, "issuers.pem"))
+	if err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var clusters *cluster.Registry
@@ -101,7 +112,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		}
 		reg.MustRegister(clusterStates{clusters})
 	}
-	authenticator, err := authenticators(cfg, anchors, clusters, opts.ExtraAuthenticators)
+	authenticator, err := authenticators(cfg, anchors, issuers, clusters, opts.ExtraAuthenticators)
 	if err != nil {
 		return nil, err
 	}
@@ -115,6 +126,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		Policy:        pol,
 		Signer:        signer,
 		Trust:         anchors,
+		Issuers:       issuers,
 		SignTimeout:   cfg.SignTimeout.Duration,
 		Logger:        log,
 		Metrics:       server.NewMetrics(reg),
@@ -122,7 +134,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	if err != nil {
 		return nil, err
 	}
-	rot, err := servingcert.New(servingcert.Config{DNSNames: cfg.TLS.DNSNames, TTL: cfg.TLS.TTL.Duration}, signer, anchors, log)
+	rot, err := servingcert.New(servingcert.Config{DNSNames: cfg.TLS.DNSNames, TTL: cfg.TLS.TTL.Duration, Issuers: issuers}, signer, anchors, log)
 	if err != nil {
 		return nil, err
 	}
@@ -374,7 +386,7 @@ func (c clusterStates) Collect(ch chan<- prometheus.Metric) {
 // off).
 func (b *Broker) Clusters() *cluster.Registry { return b.clusters }
 
-func authenticators(cfg *config.Config, anchors *trust.Bundle, clusters *cluster.Registry, extra []authn.Authenticator) (authn.Chain, error) {
+func authenticators(cfg *config.Config, anchors *trust.Bundle, issuers *trust.Issuers, clusters *cluster.Registry, extra []authn.Authenticator) (authn.Chain, error) {
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	var chain authn.Chain
 	if *cfg.Authn.ClientCertificates {
@@ -382,7 +394,7 @@ func authenticators(cfg *config.Config, anchors *trust.Bundle, clusters *cluster
 		for _, a := range cfg.TrustDomainAliases {
 			aliases = append(aliases, spiffeid.RequireTrustDomainFromString(a))
 		}
-		mc := mtls.Config{Anchors: anchors.Get, TrustDomain: td, Aliases: aliases}
+		mc := mtls.Config{Anchors: anchors.Get, TrustDomain: td, Aliases: aliases, IssuedBy: issuers.Contains}
 		if clusters != nil {
 			mc.ServiceAccountExists = clusters.ServiceAccountExists
 		}

@@ -117,6 +117,10 @@ type Authn struct {
 	Kubernetes         Kubernetes `json:"kubernetes,omitempty"`
 	JWKS               []JWKS     `json:"jwks,omitempty"`
 	ClientCertificates *bool      `json:"clientCertificates,omitempty"`
+	// ClientCertificateIssuers is a PEM file of CAs whose certificates
+	// may renew, besides the ones the broker has seen issue (its backend's
+	// issuing CA, learned from every issuance).
+	ClientCertificateIssuers string `json:"clientCertificateIssuers,omitempty"`
 }
 
 // Kubernetes is TokenReview against the local cluster's API server.

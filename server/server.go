@@ -44,6 +44,9 @@ type Config struct {
 	// Issuance shares one signing between an agent's retries of the same
 	// request; nil builds one with its defaults around Signer.
 	Issuance *issuance.Cache
+	// Issuers, if set, learns the CA above every leaf issued (renewal
+	// with a client certificate is allowed only through those).
+	Issuers *trust.Issuers
 	// Impersonation decides whom a certificate is for when a node agent
 	// asks for another workload; nil refuses every such request.
 	Impersonation Impersonator
@@ -145,6 +148,10 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 		s.cfg.Trust.RefreshSoon()
 		a.log.Error("backend returned a certificate that failed verification; nothing was returned", "error", err)
 		return nil, a.refuse(status.Error(codes.Internal, "the certificate authority returned a certificate that failed the broker's verification; nothing was issued"))
+	}
+
+	if len(chain) > 1 && s.cfg.Issuers != nil {
+		s.cfg.Issuers.Learn(chain[1])
 	}
 
 	// 6. Respond as istiod does: the leaf, its intermediates, and last the

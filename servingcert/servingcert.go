@@ -36,6 +36,8 @@ type Config struct {
 	OnIssued func(ctx context.Context, cert *tls.Certificate) error
 	// Name says whose certificate this is, in logs (default "serving").
 	Name string
+	// Issuers, if set, learns the CA that signed each certificate.
+	Issuers *trust.Issuers
 }
 
 // Rotator holds the current serving certificate and renews it.
@@ -102,6 +104,9 @@ func (r *Rotator) Issue(ctx context.Context) error {
 	// Send leaf and intermediates; the agent already has the root.
 	for _, c := range chain[:max(1, len(chain)-1)] {
 		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	if len(chain) > 1 && r.cfg.Issuers != nil {
+		r.cfg.Issuers.Learn(chain[1])
 	}
 	if r.cfg.OnIssued != nil {
 		if err := r.cfg.OnIssued(ctx, cert); err != nil {

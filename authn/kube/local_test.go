@@ -82,7 +82,11 @@ func TestLocalVerification(t *testing.T) {
 		{"pod deleted", with(func(f *fakeCluster) { delete(f.pods, "shop/cart-0") }), "", "", "", 0, "pod shop/cart-0 it is bound to no longer exists"},
 		{"pod recreated", with(func(f *fakeCluster) { p := f.pods["shop/cart-0"]; p.UID = "pod-2"; f.pods["shop/cart-0"] = p }), "", "", "", 0, "deleted and recreated"},
 		{"pod on another node", with(func(f *fakeCluster) { p := f.pods["shop/cart-0"]; p.Node = "node-b"; f.pods["shop/cart-0"] = p }), "", "", "", 0, "node node-b"},
-		{"pod runs as another service account", with(func(f *fakeCluster) { p := f.pods["shop/cart-0"]; p.ServiceAccount = "admin"; f.pods["shop/cart-0"] = p }), "", "", "", 0, "runs as admin"},
+		{"pod runs as another service account", with(func(f *fakeCluster) {
+			p := f.pods["shop/cart-0"]
+			p.ServiceAccount = "admin"
+			f.pods["shop/cart-0"] = p
+		}), "", "", "", 0, "runs as admin"},
 		{"bad signature is refused without asking", with(func(f *fakeCluster) { f.claimErr = fmt.Errorf("%w: jwt: signature not valid", authn.ErrDenied) }), "", "", "", 0, "signature"},
 		{"caches not synced: TokenReview", with(func(f *fakeCluster) { f.synced = false }), "", "", "kube-tokenreview", 1, ""},
 		{"keys not fetched yet: TokenReview", with(func(f *fakeCluster) { f.claimErr = cluster.ErrNotReady }), "", "", "kube-tokenreview", 1, ""},

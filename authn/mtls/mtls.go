@@ -45,6 +45,10 @@ type Config struct {
 	// no cluster's view is current enough to say (the caller is then told
 	// to retry).
 	ServiceAccountExists func(ctx context.Context, namespace, name string) (cluster string, exists, decided bool)
+	// IssuedBy, if set, must accept the certificate directly above the
+	// leaf in the verified chain: only what the broker's own issuing CAs
+	// signed renews, not everything else the trust anchor signed.
+	IssuedBy func(issuer *x509.Certificate) bool
 }
 
 // Authenticator implements authn.Authenticator for client certificates.
@@ -54,6 +58,7 @@ type Authenticator struct {
 	anchors func(ctx context.Context) ([]*x509.Certificate, error)
 	now     func() time.Time
 	exists  func(ctx context.Context, namespace, name string) (string, bool, bool)
+	issued  func(*x509.Certificate) bool
 }
 
 var _ authn.Authenticator = (*Authenticator)(nil)
@@ -66,7 +71,7 @@ func New(cfg Config) (*Authenticator, error) {
 	if cfg.Anchors == nil {
 		return nil, errors.New("mtls authenticator: trust anchors are required")
 	}
-	a := &Authenticator{primary: cfg.TrustDomain, anchors: cfg.Anchors, now: cfg.Now, exists: cfg.ServiceAccountExists}
+	a := &Authenticator{primary: cfg.TrustDomain, anchors: cfg.Anchors, now: cfg.Now, exists: cfg.ServiceAccountExists, issued: cfg.IssuedBy}
 	for _, td := range cfg.Aliases {
 		if td.IsZero() {
 			return nil, errors.New("mtls authenticator: empty trust domain alias")
@@ -130,8 +135,12 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 			opts.Intermediates.AddCert(c)
 		}
 	}
-	if _, err := leaf.Verify(opts); err != nil {
+	chains, err := leaf.Verify(opts)
+	if err != nil {
 		return nil, fmt.Errorf("%w: client certificate %s: %v", authn.ErrDenied, serial, err)
+	}
+	if a.issued != nil && !slices.ContainsFunc(chains, func(c []*x509.Certificate) bool { return len(c) > 1 && a.issued(c[1]) }) {
+		return nil, fmt.Errorf("%w: client certificate %s was issued by %q, which is not a CA this broker issues with (it chains to the trust anchors, but so does whatever else they signed)", authn.ErrDenied, serial, leaf.Issuer.String())
 	}
 
 	if len(leaf.URIs) != 1 {

@@ -146,3 +146,50 @@ func writeFile(t testing.TB, dir, name string, data []byte) string {
 	}
 	return p
 }
+
+// NewIntermediate creates a CA signed by ca (an issuing CA under a root).
+func (ca *CA) NewIntermediate(t testing.TB, commonName string) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(t),
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"meshca testenv"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(23 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &CA{Cert: cert, Key: key, CertPEM: pemEncode("CERTIFICATE", der)}
+}
+
+// KeyPEM is the CA's private key, PKCS #8 PEM.
+func (ca *CA) KeyPEM(t testing.TB) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pemEncode("PRIVATE KEY", der)
+}
+
+// WriteCACerts writes Istio's plugged-in CA layout for an issuing CA under
+// root into a new directory and returns it: ca-cert.pem, ca-key.pem,
+// cert-chain.pem (issuing CA then root) and root-cert.pem.
+func WriteCACerts(t testing.TB, issuing, root *CA) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeFile(t, dir, "ca-cert.pem", issuing.CertPEM)
+	writeFile(t, dir, "ca-key.pem", issuing.KeyPEM(t))
+	writeFile(t, dir, "cert-chain.pem", append(append([]byte{}, issuing.CertPEM...), root.CertPEM...))
+	writeFile(t, dir, "root-cert.pem", root.CertPEM)
+	return dir
+}
