@@ -55,6 +55,7 @@ type Config struct {
 
 	TLS            TLS            `json:"tls,omitempty"`
 	LeaderElection LeaderElection `json:"leaderElection,omitempty"`
+	Publish        Publish        `json:"publish,omitempty"`
 	Istiod         Istiod         `json:"istiod,omitempty"`
 	Authn          Authn          `json:"authn,omitempty"`
 	Policy         Policy         `json:"policy,omitempty"`
@@ -89,6 +90,22 @@ type LeaderElection struct {
 	// Identity of this replica in the Lease (default: $POD_NAME, else
 	// hostname and process ID).
 	Identity string `json:"identity,omitempty"`
+}
+
+// Publish writes the trust bundle into every namespace of every cluster
+// (istio-ca-root-cert, key root-cert.pem), from the elected leader.
+type Publish struct {
+	// Enabled defaults to true when Kubernetes authentication is on.
+	Enabled *bool `json:"enabled,omitempty"`
+	// NamespaceSelector limits it to matching namespaces (kubectl -l
+	// syntax; default every namespace).
+	NamespaceSelector string `json:"namespaceSelector,omitempty"`
+	// ClusterTrustBundle, when name is set, also keeps a
+	// ClusterTrustBundle in clusters that serve that API.
+	ClusterTrustBundle struct {
+		Name   string `json:"name,omitempty"`
+		Signer string `json:"signer,omitempty"`
+	} `json:"clusterTrustBundle,omitempty"`
 }
 
 // Istiod is istiod's serving certificate, kept by the broker so istiod can
@@ -319,6 +336,10 @@ func (c *Config) ApplyDefaults() {
 	def(&c.LeaderElection.Name, "meshca-broker")
 	def(&c.LeaderElection.Identity, os.Getenv("POD_NAME"))
 	defD(&c.LeaderElection.LeaseDuration, 15*time.Second)
+	if c.Publish.Enabled == nil {
+		on := c.Authn.Kubernetes.Enabled == nil || *c.Authn.Kubernetes.Enabled
+		c.Publish.Enabled = &on
+	}
 	def(&c.Istiod.Namespace, "istio-system")
 	def(&c.Istiod.SecretName, "istiod-tls")
 	defD(&c.Istiod.TTL, 24*time.Hour)
@@ -425,6 +446,9 @@ func (c *Config) Validate() error {
 	}
 	if d := c.LeaderElection.LeaseDuration.Duration; d < 2*time.Second || d > 5*time.Minute {
 		bad("leaderElection.leaseDuration", "%s is outside [2s, 5m]", d)
+	}
+	if *c.Publish.Enabled && !*c.Authn.Kubernetes.Enabled {
+		bad("publish.enabled", "needs authn.kubernetes (the clusters come from there)")
 	}
 	if c.Istiod.Enabled && !*c.Authn.Kubernetes.Enabled {
 		bad("istiod.enabled", "needs authn.kubernetes (the Secret lives in the local cluster)")
