@@ -37,7 +37,8 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), demoCmd(), checkCmd(), versionCmd())
+	root.AddCommand(serveCmd(), demoCmd(), checkCmd(), versionCmd(), trustCmd())
+	root.AddCommand(loadCmd())
 	return root
 }
 

@@ -363,3 +363,41 @@ func (p *process) addrInUse() bool {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// pid is the process ID of the current run (0 when never started).
+func (p *process) pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// Process is a server binary started by StartProcess.
+type Process struct{ p *process }
+
+// StartProcess starts bin with args (env added to this environment) in dir,
+// as the starters here do: its output in <tempdir>/<name>.log, in its own
+// process group, killed if the test binary dies, stopped (SIGTERM, then
+// SIGKILL) when the test ends, its log tail printed if the test failed.
+func StartProcess(t testing.TB, name, bin string, args, env []string, dir string) *Process {
+	t.Helper()
+	p := newProcess(t, name, bin, args, env, dir)
+	if err := p.start(); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return &Process{p: p}
+}
+
+// PID is the process ID (e.g. for CPU accounting from /proc/<pid>/stat).
+func (p *Process) PID() int { return p.p.pid() }
+
+// Log returns the process's output so far.
+func (p *Process) Log() string { return p.p.log() }
+
+// Exited is closed when the process has ended.
+func (p *Process) Exited() <-chan struct{} { return p.p.exited() }
+
+// Stop ends the process (also done when the test ends).
+func (p *Process) Stop() { p.p.stop() }
