@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -29,6 +30,42 @@ const retryAfterFailure = 10 * time.Second
 // Source returns certificates: the backend's anchors (its TrustAnchors)
 // or the configured extra roots.
 type Source func(ctx context.Context) ([]*x509.Certificate, error)
+
+// FileSource reads roots from a PEM file at every call; an empty file is
+// no roots (the end of a rotation), a missing one an error.
+func FileSource(path string) Source {
+	return func(context.Context) ([]*x509.Certificate, error) {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		if len(bytes.TrimSpace(raw)) == 0 {
+			return nil, nil
+		}
+		var out []*x509.Certificate
+		for rest := raw; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				if len(bytes.TrimSpace(rest)) != 0 {
+					return nil, fmt.Errorf("%s: data that is not PEM", path)
+				}
+				break
+			}
+			if block.Type != "CERTIFICATE" {
+				return nil, fmt.Errorf("%s: a %q block where certificates are expected", path, block.Type)
+			}
+			c, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			out = append(out, c)
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("%s: no PEM certificate found", path)
+		}
+		return out, nil
+	}
+}
 
 // Snapshot is one version of the trust bundle: every root the mesh must
 // trust. Snapshots are immutable.

@@ -9,6 +9,8 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -113,5 +115,44 @@ func TestBundleFailsClosedWithoutAnySet(t *testing.T) {
 		if _, err := b.Get(context.Background()); err == nil {
 			t.Errorf("%s: Get before a successful load returned no error", name)
 		}
+	}
+}
+
+func TestFileSource(t *testing.T) {
+	dir := t.TempDir()
+	r1, r2 := root(t, "one"), root(t, "two")
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	pemOf := func(cs ...*x509.Certificate) []byte { return encode(cs) }
+	cases := []struct {
+		name string
+		path string
+		want int
+		err  string
+	}{
+		{"two roots", write("two.pem", pemOf(r1, r2)), 2, ""},
+		{"an empty file is no roots", write("empty.pem", []byte("\n  \n")), 0, ""},
+		{"missing", filepath.Join(dir, "missing.pem"), 0, "no such file"},
+		{"junk after the roots", write("junk.pem", append(pemOf(r1), "junk"...)), 0, "not PEM"},
+		{"a key", write("key.pem", []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")), 0, "PRIVATE KEY"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := FileSource(tc.path)(context.Background())
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want it to mention %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || len(got) != tc.want {
+				t.Fatalf("got %d roots, %v; want %d", len(got), err, tc.want)
+			}
+		})
 	}
 }

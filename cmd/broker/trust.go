@@ -69,8 +69,7 @@ func runTrustStatus(ctx context.Context, out io.Writer, cfg *config.Config, addr
 	}
 	bcfg := trust.BundleConfig{Backend: signer.TrustAnchors, Log: log}
 	if cfg.ExtraTrustedRoots != "" {
-		file := cfg.ExtraTrustedRoots
-		bcfg.Extra = func(context.Context) ([]*x509.Certificate, error) { return backends.ReadCertificates(file) }
+		bcfg.Extra = trust.FileSource(cfg.ExtraTrustedRoots)
 	}
 	bundle, err := trust.LoadBundle(ctx, bcfg)
 	if err != nil {

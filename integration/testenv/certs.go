@@ -29,6 +29,12 @@ type CA struct {
 // NewCA creates a self-signed ECDSA P-256 CA valid for a day.
 func NewCA(t testing.TB, commonName string) *CA {
 	t.Helper()
+	return newCA(t, commonName, nil, 24*time.Hour)
+}
+
+// newCA creates a CA signed by parent, or self-signed when parent is nil.
+func newCA(t testing.TB, commonName string, parent *CA, ttl time.Duration) *CA {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -37,12 +43,16 @@ func NewCA(t testing.TB, commonName string) *CA {
 		SerialNumber:          serial(t),
 		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"meshca testenv"}},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotAfter:              time.Now().Add(ttl),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	issuer, signer := tmpl, crypto.Signer(key)
+	if parent != nil {
+		issuer, signer = parent.Cert, parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,25 +160,7 @@ func writeFile(t testing.TB, dir, name string, data []byte) string {
 // NewIntermediate creates a CA signed by ca (an issuing CA under a root).
 func (ca *CA) NewIntermediate(t testing.TB, commonName string) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"meshca testenv"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(23 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &CA{Cert: cert, Key: key, CertPEM: pemEncode("CERTIFICATE", der)}
+	return newCA(t, commonName, ca, 23*time.Hour)
 }
 
 // KeyPEM is the CA's private key, PKCS #8 PEM.
