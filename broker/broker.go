@@ -37,6 +37,7 @@ import (
 	"github.com/meshca/broker/leader"
 	"github.com/meshca/broker/policy"
 	authv1 "github.com/meshca/broker/proto/istio/v1/auth"
+	"github.com/meshca/broker/publish"
 	"github.com/meshca/broker/runner"
 	"github.com/meshca/broker/server"
 	"github.com/meshca/broker/servingcert"
@@ -177,6 +178,21 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 			return nil, err
 		}
 		parts.Elector = el
+	}
+	if *cfg.Publish.Enabled {
+		pub, err := publish.New(publish.Config{
+			Clusters: clusters, Bundle: anchors,
+			NamespaceSelector:        cfg.Publish.NamespaceSelector,
+			ClusterTrustBundleName:   cfg.Publish.ClusterTrustBundle.Name,
+			ClusterTrustBundleSigner: cfg.Publish.ClusterTrustBundle.Signer,
+			Registerer:               reg,
+			Log:                      log,
+		})
+		if err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("publish: %w", err)
+		}
+		parts.Add("trust-publisher", pub)
 	}
 	if cfg.Istiod.Enabled {
 		k, err := istiodcert.New(istiodcert.Config{
@@ -335,9 +351,7 @@ func extraRoots(file string) trust.Source {
 	if file == "" {
 		return nil
 	}
-	return func(context.Context) ([]*x509.Certificate, error) {
-		return backends.ReadCertificates(file)
-	}
+	return trust.FileSource(file)
 }
 
 // newImpersonation allows the configured node agents (ambient ztunnel) the
