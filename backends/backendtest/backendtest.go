@@ -253,7 +253,7 @@ func RunHostileSubjects(t *testing.T, s backends.Signer, spiffeID string) {
 				if !errors.Is(err, backends.ErrRefused) {
 					t.Fatalf("Sign: %v; want a certificate or ErrRefused", err)
 				}
-				t.Logf("refused before issuing: %v", err)
+				t.Logf("refused (before calling the PKI, or on its answer): %v", err)
 				return
 			}
 			anchors, err := s.TrustAnchors(ctx)

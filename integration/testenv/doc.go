@@ -48,6 +48,8 @@
 // # step-ca
 //
 // StartStepCA runs `step ca init` (standalone, password files) and step-ca
+// (StartStepCAWith: another provisioner name, a bare CA whose provisioner a
+// test adds itself, a hook before start; StepCA.Env for the step CLI)
 // with one JWK provisioner (StepCAProvisioner) whose x509 template
 // (StepCAX509Template) issues SPIFFE certificates: empty subject, the
 // token's SANs (which must equal the CSR's), digitalSignature+keyEncipherment,
