@@ -39,6 +39,12 @@ func TestGeneratedRootIssuesConformingCertificates(t *testing.T) {
 	}
 }
 
+// TestHostileSubjects: the local CA builds the certificate from the
+// approved template alone, so no CSR subject reaches it.
+func TestHostileSubjects(t *testing.T) {
+	backendtest.RunHostileSubjects(t, newSigner(t, `{}`), workload)
+}
+
 func TestGeneratedRootIsKeptAcrossRestarts(t *testing.T) {
 	dir := t.TempDir()
 	first, created, err := LoadOrCreate(dir, Config{})
