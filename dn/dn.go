@@ -8,6 +8,7 @@ package dn
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/asn1"
 	"errors"
 	"fmt"
@@ -86,6 +87,19 @@ func Parse(raw []byte) ([]Attribute, error) {
 		}
 	}
 	return out, nil
+}
+
+// Of is a certificate template's subject as DER: its RawSubject when set
+// (crypto/x509 issues that verbatim), else its Subject encoded.
+func Of(t *x509.Certificate) ([]byte, error) {
+	if len(t.RawSubject) > 0 {
+		return t.RawSubject, nil
+	}
+	b, err := asn1.Marshal(t.Subject.ToRDNSequence())
+	if err != nil {
+		return nil, fmt.Errorf("subject does not encode: %w", err)
+	}
+	return b, nil
 }
 
 // Valued returns the attributes of raw whose value is not empty: the ones

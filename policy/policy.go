@@ -29,6 +29,7 @@ import (
 
 	"github.com/meshca/broker/authn"
 	"github.com/meshca/broker/dn"
+	"github.com/meshca/broker/x509ext"
 )
 
 var (
@@ -447,21 +448,15 @@ var (
 )
 
 func checkRequestedKeyUsage(der []byte) error {
-	var bits asn1.BitString
-	if rest, err := asn1.Unmarshal(der, &bits); err != nil || len(rest) != 0 {
+	ku, err := x509ext.ParseKeyUsage(der)
+	switch {
+	case errors.Is(err, x509ext.ErrUndefined):
+		return fmt.Errorf("%w: csr key usage: %v", ErrDenied, err)
+	case err != nil:
 		return fmt.Errorf("%w: csr key usage extension is malformed", ErrInvalid)
 	}
-	var ku x509.KeyUsage
-	for i := 0; i < bits.BitLength; i++ {
-		if bits.At(i) != 0 {
-			if i >= 9 {
-				return fmt.Errorf("%w: csr key usage bit %d is not defined", ErrDenied, i)
-			}
-			ku |= 1 << uint(i)
-		}
-	}
 	if extra := ku &^ workloadKeyUsage; extra != 0 {
-		return fmt.Errorf("%w: csr requests key usage %s; a workload certificate may have only digitalSignature and keyEncipherment", ErrDenied, keyUsageNames(extra))
+		return fmt.Errorf("%w: csr requests key usage %s; a workload certificate may have only digitalSignature and keyEncipherment", ErrDenied, strings.Join(x509ext.KeyUsageNames(extra), ", "))
 	}
 	return nil
 }
@@ -477,17 +472,6 @@ func checkRequestedExtKeyUsage(der []byte) error {
 		}
 	}
 	return nil
-}
-
-func keyUsageNames(ku x509.KeyUsage) string {
-	names := []string{"digitalSignature", "contentCommitment", "keyEncipherment", "dataEncipherment", "keyAgreement", "keyCertSign", "cRLSign", "encipherOnly", "decipherOnly"}
-	var out []string
-	for i, n := range names {
-		if ku&(1<<uint(i)) != 0 {
-			out = append(out, n)
-		}
-	}
-	return strings.Join(out, ", ")
 }
 
 // SAN GeneralName tags (RFC 5280 4.2.1.6) the name check understands.

@@ -8,10 +8,7 @@ package verify
 
 import (
 	"crypto"
-	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/dn"
+	"github.com/meshca/broker/x509ext"
 )
 
 // ErrMismatch means the backend returned something the broker must not
@@ -147,12 +145,9 @@ func sorted(s []string) []string {
 // attribute with a value must have been approved (an empty-valued one, as
 // the Istio agent's CSR carries and some PKIs copy, says nothing).
 func sameSubject(leaf, tmpl *x509.Certificate) error {
-	approved := tmpl.RawSubject
-	if len(approved) == 0 {
-		var err error
-		if approved, err = asn1.Marshal(tmpl.Subject.ToRDNSequence()); err != nil {
-			return fmt.Errorf("%w: approved subject does not encode: %v", ErrMismatch, err)
-		}
+	approved, err := dn.Of(tmpl)
+	if err != nil {
+		return fmt.Errorf("%w: approved %v", ErrMismatch, err)
 	}
 	same, err := dn.SameValues(leaf.RawSubject, approved)
 	if err != nil {
@@ -166,15 +161,10 @@ func sameSubject(leaf, tmpl *x509.Certificate) error {
 	return nil
 }
 
-// sameKeyUsage wants the approved key usages exactly. The one allowance:
-// keyEncipherment may be missing for a key that cannot encipher (ECDSA,
-// Ed25519), which some PKIs drop; missing it grants less, not more.
+// sameKeyUsage wants the approved key usages exactly (keyEncipherment may
+// be missing for a key that cannot encipher): x509ext.SameKeyUsage.
 func sameKeyUsage(leaf, tmpl *x509.Certificate) error {
-	got, want := leaf.KeyUsage, tmpl.KeyUsage
-	if _, isRSA := leaf.PublicKey.(*rsa.PublicKey); !isRSA {
-		got, want = got&^x509.KeyUsageKeyEncipherment, want&^x509.KeyUsageKeyEncipherment
-	}
-	if got != want || (leaf.KeyUsage == 0 && tmpl.KeyUsage != 0) {
+	if !x509ext.SameKeyUsage(leaf.KeyUsage, tmpl.KeyUsage, leaf.PublicKey) {
 		return fmt.Errorf("%w: leaf key usage %s, approved %s", ErrMismatch, keyUsageNames(leaf.KeyUsage), keyUsageNames(tmpl.KeyUsage))
 	}
 	return nil
@@ -199,32 +189,11 @@ func sameExtKeyUsage(leaf, tmpl *x509.Certificate) error {
 	return nil
 }
 
-var keyUsageBits = []struct {
-	bit  x509.KeyUsage
-	name string
-}{
-	{x509.KeyUsageDigitalSignature, "digitalSignature"},
-	{x509.KeyUsageContentCommitment, "contentCommitment"},
-	{x509.KeyUsageKeyEncipherment, "keyEncipherment"},
-	{x509.KeyUsageDataEncipherment, "dataEncipherment"},
-	{x509.KeyUsageKeyAgreement, "keyAgreement"},
-	{x509.KeyUsageCertSign, "keyCertSign"},
-	{x509.KeyUsageCRLSign, "cRLSign"},
-	{x509.KeyUsageEncipherOnly, "encipherOnly"},
-	{x509.KeyUsageDecipherOnly, "decipherOnly"},
-}
-
 func keyUsageNames(ku x509.KeyUsage) string {
-	var names []string
-	for _, b := range keyUsageBits {
-		if ku&b.bit != 0 {
-			names = append(names, b.name)
-		}
+	if names := x509ext.KeyUsageNames(ku); len(names) > 0 {
+		return fmt.Sprint(names)
 	}
-	if len(names) == 0 {
-		return "[none]"
-	}
-	return fmt.Sprint(names)
+	return "[none]"
 }
 
 var extKeyUsageName = map[x509.ExtKeyUsage]string{
@@ -254,10 +223,3 @@ func extKeyUsageNames(c *x509.Certificate) string {
 	}
 	return fmt.Sprint(names)
 }
-
-// EmptySubject is the DER of an empty Name, the subject the broker
-// approves for every certificate it issues.
-var EmptySubject = func() []byte {
-	b, _ := asn1.Marshal(pkix.RDNSequence{})
-	return b
-}()

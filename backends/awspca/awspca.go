@@ -218,22 +218,13 @@ func (s *Signer) Sign(ctx context.Context, req *backends.Request) ([]*x509.Certi
 	return s.waitIssued(ctx, certArn)
 }
 
-// approvedSubject is the template's subject as DER: RawSubject when the
-// template has one, else its parsed Subject encoded.
-func approvedSubject(t *x509.Certificate) ([]byte, error) {
-	if len(t.RawSubject) > 0 {
-		return t.RawSubject, nil
-	}
-	return asn1.Marshal(t.Subject.ToRDNSequence())
-}
-
 // checkSubject refuses a request whose approved subject is empty while its
 // CSR's subject says something: ApiPassthrough cannot carry an empty
 // subject, so the templates would take the CSR's ("from API or CSR").
 // Both are judged on the raw DER, so attribute types crypto/x509's parsed
 // Name drops (emailAddress, DC, UID, ...) count too.
 func checkSubject(req *backends.Request) error {
-	approved, err := approvedSubject(req.Template)
+	approved, err := dn.Of(req.Template)
 	if err != nil {
 		return fmt.Errorf("awspca: %w: approved subject does not encode: %v", backends.ErrRefused, err)
 	}
@@ -450,7 +441,7 @@ func passthrough(t *x509.Certificate) (*types.ApiPassthrough, error) {
 // then takes the CSR's subject, which checkSubject has made sure says
 // nothing either.
 func subject(t *x509.Certificate) (*types.ASN1Subject, error) {
-	raw, err := approvedSubject(t)
+	raw, err := dn.Of(t)
 	if err != nil {
 		return nil, fmt.Errorf("template subject: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/dn"
+	"github.com/meshca/broker/x509ext"
 )
 
 // What CA Service takes from a pem_csr: the subject (unless the pool's
@@ -38,15 +39,6 @@ const (
 	sanIP    = 7
 )
 
-// approvedSubject is the DER of the approved subject, as x509.CreateCertificate
-// would encode it: the template's RawSubject, or its marshalled Subject.
-func approvedSubject(t *x509.Certificate) ([]byte, error) {
-	if len(t.RawSubject) > 0 {
-		return t.RawSubject, nil
-	}
-	return asn1.Marshal(t.Subject.ToRDNSequence())
-}
-
 // csrMismatch returns nil when the CSR asks for exactly what the template
 // approves, so that CA Service copying the CSR issues the approved
 // certificate; otherwise it says what differs. The rules:
@@ -60,7 +52,7 @@ func approvedSubject(t *x509.Certificate) ([]byte, error) {
 //     and no other kind of GeneralName.
 func csrMismatch(req *backends.Request) error {
 	csr, t := req.CSR, req.Template
-	want, err := approvedSubject(t)
+	want, err := dn.Of(t)
 	if err != nil {
 		return fmt.Errorf("approved subject does not encode: %v", err)
 	}
@@ -75,7 +67,7 @@ func csrMismatch(req *backends.Request) error {
 	var san *pkix.Extension
 	for i := range exts {
 		if !exts[i].Id.Equal(oidSubjectAltName) {
-			return fmt.Errorf("CSR requests extension %s, which CA Service may copy", extensionName(exts[i].Id))
+			return fmt.Errorf("CSR requests extension %s, which CA Service may copy", x509ext.ExtensionName(exts[i].Id))
 		}
 		if san != nil {
 			return errors.New("CSR requests subjectAltName twice")
@@ -238,17 +230,4 @@ func describeNames(names []generalName) string {
 	}
 	b.WriteByte(']')
 	return b.String()
-}
-
-var extensionNames = map[string]string{
-	"2.5.29.14": "subjectKeyIdentifier", "2.5.29.15": "keyUsage", "2.5.29.17": "subjectAltName",
-	"2.5.29.19": "basicConstraints", "2.5.29.30": "nameConstraints", "2.5.29.32": "certificatePolicies",
-	"2.5.29.35": "authorityKeyIdentifier", "2.5.29.37": "extKeyUsage", "1.3.6.1.5.5.7.1.1": "authorityInfoAccess",
-}
-
-func extensionName(oid asn1.ObjectIdentifier) string {
-	if n, ok := extensionNames[oid.String()]; ok {
-		return n + " (" + oid.String() + ")"
-	}
-	return oid.String()
 }

@@ -223,17 +223,17 @@ func TestPemCSROrConfig(t *testing.T) {
 		{name: "unknown extension", csr: csrWith(x509.CertificateRequest{URIs: uris, ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, Value: []byte{0x05, 0x00}}}}), why: "1.3.6.1.4.1.99999.1"},
 		{name: "no SAN at all", csr: csrWith(x509.CertificateRequest{}), why: "no subjectAltName"},
 		{name: "second extensionRequest value, unseen by crypto/x509", csr: func(t *testing.T) *x509.CertificateRequest {
-			return handCSR(t, key, verify.EmptySubject, extensionRequest(t, []pkix.Extension{approvedSAN}, []pkix.Extension{kuExt}))
+			return handCSR(t, key, mustMarshal(t, pkix.RDNSequence{}), extensionRequest(t, []pkix.Extension{approvedSAN}, []pkix.Extension{kuExt}))
 		}, why: "2 values"},
 		{name: "hand-made, exactly the approved", csr: func(t *testing.T) *x509.CertificateRequest {
-			return handCSR(t, key, verify.EmptySubject, extensionRequest(t, []pkix.Extension{approvedSAN}))
+			return handCSR(t, key, mustMarshal(t, pkix.RDNSequence{}), extensionRequest(t, []pkix.Extension{approvedSAN}))
 		}, wantPem: true},
 		{name: "challengePassword attribute", csr: func(t *testing.T) *x509.CertificateRequest {
 			pw := asn1.RawValue{FullBytes: mustMarshal(t, struct {
 				Type   asn1.ObjectIdentifier
 				Values []asn1.RawValue `asn1:"set"`
 			}{asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 7}, []asn1.RawValue{str(asn1.TagUTF8String, "secret")}})}
-			return handCSR(t, key, verify.EmptySubject, extensionRequest(t, []pkix.Extension{approvedSAN}), pw)
+			return handCSR(t, key, mustMarshal(t, pkix.RDNSequence{}), extensionRequest(t, []pkix.Extension{approvedSAN}), pw)
 		}, why: "2 attributes"},
 	}
 

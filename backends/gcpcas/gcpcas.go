@@ -242,7 +242,7 @@ func (s *Signer) createRequest(req *backends.Request) (*privatecapb.CreateCertif
 func requestHash(parent, caID, template string, req *backends.Request) ([32]byte, error) {
 	var sum [32]byte
 	t := req.Template
-	subj, err := approvedSubject(t)
+	subj, err := dn.Of(t)
 	if err != nil {
 		return sum, fmt.Errorf("approved subject does not encode: %v", err)
 	}
@@ -337,7 +337,7 @@ var (
 // client sends it: a certificate with an empty subject and (critical)
 // subjectAltName.
 func subject(t *x509.Certificate) (*privatecapb.Subject, error) {
-	raw, err := approvedSubject(t)
+	raw, err := dn.Of(t)
 	if err != nil {
 		return nil, fmt.Errorf("approved subject does not encode: %v", err)
 	}

@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/asn1"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/dn"
+	"github.com/meshca/broker/x509ext"
 )
 
 // What Vault takes from a CSR, and what the backend does about it.
@@ -60,7 +60,7 @@ func checkVerbatim(req *backends.Request) error {
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 
-	approved, err := approvedSubject(tmpl)
+	approved, err := dn.Of(tmpl)
 	if err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func checkVerbatim(req *backends.Request) error {
 	for _, ext := range csr.Extensions {
 		id := ext.Id.String()
 		if seen[id] {
-			add("extension %s twice", extensionName(ext.Id))
+			add("extension %s twice", x509ext.ExtensionName(ext.Id))
 			continue
 		}
 		seen[id] = true
@@ -91,10 +91,10 @@ func checkVerbatim(req *backends.Request) error {
 				add("subjectAltName %v (approved %v)", got, want)
 			}
 		case ext.Id.Equal(oidExtKeyUsage):
-			got, err := parseKeyUsage(ext.Value)
+			got, err := x509ext.ParseKeyUsage(ext.Value)
 			if err != nil {
 				add("key usage: %v", err)
-			} else if !sameKeyUsage(got, tmpl.KeyUsage, csr.PublicKey) {
+			} else if !x509ext.SameKeyUsage(got, tmpl.KeyUsage, csr.PublicKey) {
 				add("key usage %s (approved %s)", keyUsageList(got), keyUsageList(tmpl.KeyUsage))
 			}
 		case ext.Id.Equal(oidExtExtKeyUsage):
@@ -120,7 +120,7 @@ func checkVerbatim(req *backends.Request) error {
 				add("basicConstraints CA:true")
 			}
 		default:
-			add("extension %s", extensionName(ext.Id))
+			add("extension %s", x509ext.ExtensionName(ext.Id))
 		}
 	}
 	if want := templateSANs(tmpl); !sawSAN && len(want) > 0 {
@@ -137,7 +137,7 @@ func checkVerbatim(req *backends.Request) error {
 // the approved one, naming the role setting that put it there, so that an
 // operator does not have to guess from the broker's verification error.
 func checkIssuedSubject(leaf *x509.Certificate, tmpl *x509.Certificate, mode string) error {
-	approved, err := approvedSubject(tmpl)
+	approved, err := dn.Of(tmpl)
 	if err != nil {
 		return err
 	}
@@ -190,18 +190,6 @@ func roleFieldFor(typ asn1.ObjectIdentifier, mode string) string {
 		return "postalCode: the role's postal_code (leave it empty)"
 	}
 	return name + ": not a field of the role"
-}
-
-// approvedSubject is the template's subject as DER.
-func approvedSubject(tmpl *x509.Certificate) ([]byte, error) {
-	if len(tmpl.RawSubject) > 0 {
-		return tmpl.RawSubject, nil
-	}
-	b, err := asn1.Marshal(tmpl.Subject.ToRDNSequence())
-	if err != nil {
-		return nil, fmt.Errorf("approved subject does not encode: %w", err)
-	}
-	return b, nil
 }
 
 // SAN GeneralName tags (RFC 5280 4.2.1.6) a certificate of ours may carry.
@@ -263,42 +251,12 @@ func templateSANs(tmpl *x509.Certificate) []string {
 	return out
 }
 
-func parseKeyUsage(der []byte) (x509.KeyUsage, error) {
-	var bits asn1.BitString
-	if rest, err := asn1.Unmarshal(der, &bits); err != nil || len(rest) != 0 {
-		return 0, fmt.Errorf("malformed")
-	}
-	var ku x509.KeyUsage
-	for i := 0; i < bits.BitLength; i++ {
-		if bits.At(i) != 0 {
-			if i >= 9 {
-				return 0, fmt.Errorf("undefined bit %d", i)
-			}
-			ku |= 1 << uint(i)
-		}
-	}
-	return ku, nil
-}
-
-// sameKeyUsage is the broker verification's rule: exactly the approved
-// usages, except that keyEncipherment may be missing for a key that
-// cannot encipher.
-func sameKeyUsage(got, want x509.KeyUsage, pub any) bool {
-	if got == 0 && want != 0 {
-		return false
-	}
-	if _, isRSA := pub.(*rsa.PublicKey); !isRSA {
-		got, want = got&^x509.KeyUsageKeyEncipherment, want&^x509.KeyUsageKeyEncipherment
-	}
-	return got == want
-}
-
+// keyUsageList names key usages for a message, as Vault's key_usage does.
 func keyUsageList(ku x509.KeyUsage) []string {
-	out := keyUsageNames(ku)
-	if len(out) == 0 {
-		return []string{"none"}
+	if out := keyUsageNames(ku); len(out) > 0 {
+		return out
 	}
-	return out
+	return []string{"none"}
 }
 
 func templateEKUs(tmpl *x509.Certificate) []string {
@@ -329,22 +287,4 @@ func oidStrings(oids []asn1.ObjectIdentifier) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
-}
-
-var extensionNames = map[string]string{
-	"2.5.29.14":         "subjectKeyIdentifier",
-	"2.5.29.30":         "nameConstraints",
-	"2.5.29.32":         "certificatePolicies",
-	"2.5.29.35":         "authorityKeyIdentifier",
-	"1.3.6.1.5.5.7.1.1": "authorityInfoAccess",
-	"1.3.6.1.5.5.7.1.3": "qcStatements",
-	"2.5.29.9":          "subjectDirectoryAttributes",
-	"2.5.29.18":         "issuerAltName",
-}
-
-func extensionName(oid asn1.ObjectIdentifier) string {
-	if n, ok := extensionNames[oid.String()]; ok {
-		return n + " (" + oid.String() + ")"
-	}
-	return oid.String()
 }
