@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/broker/caclient"
-	"github.com/meshca/broker/config"
 	"github.com/meshca/broker/integration/testenv"
 )
 
@@ -19,14 +18,9 @@ import (
 // ztunnel asks (ECDSA P-256, empty subject, ImpersonatedIdentity and no
 // CertSigner, a clusterid), and for nothing else.
 func TestAmbientImpersonationInEachCluster(t *testing.T) {
-	etcd := testenv.StartEtcd(t)
-	c1 := testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("cluster1"))
-	c2 := testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("cluster2"))
+	c1, c2 := twoClusters(t)
 	for _, k := range []*testenv.Kube{c1, c2} {
-		k.CreateNamespace(t, "istio-system")
-		k.CreateNamespace(t, "shop")
 		k.CreateServiceAccount(t, "istio-system", "ztunnel")
-		k.CreateServiceAccount(t, "shop", "cart")
 		k.CreateServiceAccount(t, "shop", "payments")
 		k.CreateServiceAccount(t, "shop", "intruder")
 		k.CreatePodOnNode(t, "istio-system", "ztunnel-a", "ztunnel", "node-a")
@@ -36,13 +30,8 @@ func TestAmbientImpersonationInEachCluster(t *testing.T) {
 	// payments runs on node-b in cluster1, on node-a in cluster2 only.
 	c1.CreatePodOnNode(t, "shop", "payments-b", "payments", "node-b")
 	c2.CreatePodOnNode(t, "shop", "payments-a", "payments", "node-a")
-	applyManifest(t, c2, "../deploy/remote-reader.yaml", false)
-	b := startBroker(t, c1, func(c *config.Config) {
-		c.ClusterID = "cluster1"
-		c.Authn.Kubernetes.Clusters.SecretNamespace = "istio-system"
-	})
-	writeRemoteSecret(t, c1, "istio-remote-secret-cluster2", map[string][]byte{"cluster2": remoteKubeconfig(t, c2)})
-	waitUntil(t, "cluster2 synced", 20*time.Second, func() bool { return remoteServing(b, "cluster2") != nil })
+	b := startBroker(t, c1, clusterOne)
+	addClusterTwo(t, b, c1, c2)
 	cl := dial(t, b, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

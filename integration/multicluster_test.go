@@ -82,22 +82,45 @@ func remoteServing(b *broker.Broker, id string) *cluster.Cluster {
 	return c
 }
 
-// TestMultiClusterFromRemoteSecrets: one broker in cluster1 serves
-// cluster2 through a remote secret written as istioctl writes it, with the
-// reader identity deploy/remote-reader.yaml grants.
-func TestMultiClusterFromRemoteSecrets(t *testing.T) {
+// twoClusters starts two API servers on one etcd standing for cluster1
+// (the broker's) and cluster2, each with istio-system and shop/cart, and
+// cluster2 with the reader identity deploy/remote-reader.yaml grants.
+func twoClusters(t *testing.T) (c1, c2 *testenv.Kube) {
+	t.Helper()
 	etcd := testenv.StartEtcd(t)
-	c1 := testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("cluster1"))
-	c2 := testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("cluster2"))
+	c1 = testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("cluster1"))
+	c2 = testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("cluster2"))
 	for _, k := range []*testenv.Kube{c1, c2} {
 		k.CreateNamespace(t, "istio-system")
 		k.CreateNamespace(t, "shop")
 		k.CreateServiceAccount(t, "shop", "cart")
 	}
 	applyManifest(t, c2, "../deploy/remote-reader.yaml", false)
+	return c1, c2
+}
+
+// clusterOne configures a broker in cluster1 that reads remote secrets
+// from istio-system.
+func clusterOne(c *config.Config) {
+	c.ClusterID = "cluster1"
+	c.Authn.Kubernetes.Clusters.SecretNamespace = "istio-system"
+}
+
+// addClusterTwo writes cluster2's remote secret into cluster1 and waits
+// until the broker serves cluster2; it returns how long that took.
+func addClusterTwo(t *testing.T, b *broker.Broker, c1, c2 *testenv.Kube) time.Duration {
+	t.Helper()
+	writeRemoteSecret(t, c1, "istio-remote-secret-cluster2", map[string][]byte{"cluster2": remoteKubeconfig(t, c2)})
+	return waitUntil(t, "cluster2 synced from its remote secret", 20*time.Second, func() bool { return remoteServing(b, "cluster2") != nil })
+}
+
+// TestMultiClusterFromRemoteSecrets: one broker in cluster1 serves
+// cluster2 through a remote secret written as istioctl writes it, with the
+// reader identity deploy/remote-reader.yaml grants.
+func TestMultiClusterFromRemoteSecrets(t *testing.T) {
+	c1, c2 := twoClusters(t)
 	b := startBroker(t, c1, func(c *config.Config) {
-		c.ClusterID = "cluster1"
-		c.Authn.Kubernetes.Clusters.SecretNamespace = "istio-system"
+		clusterOne(c)
 		c.Authn.Kubernetes.Clusters.SyncTimeout = config.Duration{Duration: 10 * time.Second}
 	})
 	cl := dial(t, b, nil)
@@ -124,8 +147,7 @@ func TestMultiClusterFromRemoteSecrets(t *testing.T) {
 	if err := issue(c2tok, "cluster2"); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), `"cluster2"`) {
 		t.Fatalf("before the remote secret: %v, want Unauthenticated naming cluster2", err)
 	}
-	writeRemoteSecret(t, c1, "istio-remote-secret-cluster2", map[string][]byte{"cluster2": remoteKubeconfig(t, c2)})
-	took := waitUntil(t, "cluster2 synced from its remote secret", 20*time.Second, func() bool { return remoteServing(b, "cluster2") != nil })
+	took := addClusterTwo(t, b, c1, c2)
 	t.Logf("cluster2 served %s after its remote secret was written", took.Round(time.Millisecond))
 
 	t.Run("each cluster's token with its own cluster ID, the same SPIFFE ID", func(t *testing.T) {
