@@ -332,21 +332,6 @@ func (o *ownerTable) set(id string, kubeconfig []byte) {
 	o.config[id] = kubeconfig
 }
 
-// States reports every cluster's state, pending replacements included, by
-// ID (a pending one as "<id> (pending)").
-func (r *Registry) States() map[string]State {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	out := map[string]State{r.local.ID: r.local.State()}
-	for id, c := range r.remotes {
-		out[id] = c.State()
-	}
-	for id, c := range r.pending {
-		out[id+" (pending)"] = c.State()
-	}
-	return out
-}
-
 // ServiceAccountExists reports whether namespace/name exists in some
 // cluster, and which: from the caches of synced clusters, else asking the
 // API servers of those not synced yet (bounded to 2s). decided is false
