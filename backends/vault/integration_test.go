@@ -599,21 +599,8 @@ func csrWithUsage(t testing.TB, ku x509.KeyUsage) *backends.Request {
 		t.Fatal(err)
 	}
 	req := backendtest.NewRequestForKey(t, key, spiffeID, time.Hour)
-	var bits asn1.BitString
-	for i := 0; i < 9; i++ {
-		if ku&(1<<uint(i)) != 0 {
-			bits.BitLength = i + 1
-		}
-	}
-	bits.Bytes = make([]byte, (bits.BitLength+7)/8)
-	for i := 0; i < bits.BitLength; i++ {
-		if ku&(1<<uint(i)) != 0 {
-			bits.Bytes[i/8] |= 0x80 >> uint(i%8)
-		}
-	}
-	val, _ := asn1.Marshal(bits)
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: req.Template.URIs,
-		ExtraExtensions: []pkix.Extension{{Id: oidExtKeyUsage, Critical: true, Value: val}}}, key)
+		ExtraExtensions: []pkix.Extension{kuExt(t, ku)}}, key)
 	if err != nil {
 		t.Fatal(err)
 	}
