@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -191,6 +192,31 @@ func BenchmarkCreateCertificate(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			issue(b, i)
+			i++
+		}
+	})
+	// A restarting pod: its own token and key, and a fresh TLS connection
+	// (handshake, HTTP/2 setup, one call, close). Client and server share
+	// the process: profile with -cpuprofile and focus on the server.
+	b.Run("fresh-connection", func(b *testing.B) {
+		const m = 256
+		toks, fresh := make([]string, m), make([]string, m)
+		for i := range m {
+			sa := fmt.Sprintf("load-%d", i)
+			toks[i] = e.token(b, "bench", sa)
+			key, _ := caclient.NewKey(true)
+			fresh[i], _ = caclient.CSR(key, "spiffe://cluster.local/ns/bench/sa/"+sa)
+		}
+		i := 0
+		for b.Loop() {
+			c, err := caclient.Dial(e.b.Addr(), e.roots, "", nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.CreateCertificate(ctx, caclient.Request{CSRPEM: fresh[i%m], Token: toks[i%m], TTL: time.Hour}); err != nil {
+				b.Fatal(err)
+			}
+			c.Close()
 			i++
 		}
 	})

@@ -40,7 +40,9 @@ import (
 //	MESHCA_LOADBENCH_RUNS         runs per target and concurrency (1); the order rotates
 //	MESHCA_LOADBENCH_TARGETS      comma-separated, from broker-local, broker-tokenreview, broker-jwks,
 //	                              istio-ca (istiod's kube client limits, QPS/burst 80/160) and
-//	                              istio-ca-qps<N> (QPS N, burst 2N) (default: all five, N=1000)
+//	                              istio-ca-qps<N> (QPS N, burst 2N) (default: all five, N=1000);
+//	                              a broker target may name another build (broker-local@/path/to/broker)
+//	                              and environment (broker-local+GOGC=100), to compare in one run
 //	MESHCA_LOADBENCH_KEY          workload keys: ECDSA-P256 (default) or RSA-2048
 //	MESHCA_LOADBENCH_SHARED       shared TLS connections instead of one per workload (0)
 //	MESHCA_LOADBENCH_NAMESPACES   namespaces the workloads are spread over (10)
@@ -100,9 +102,18 @@ func TestLoadBenchVsIstioCA(t *testing.T) {
 		name = strings.TrimSpace(name)
 		var tg loadgen.Target
 		var pid int
-		switch name {
+		// "broker-local+GOGC=100" runs the broker with GOGC=100 in its
+		// environment, "broker-local@/tmp/broker-old" runs another build
+		// of it: settings and versions compared side by side in one run.
+		base, env, _ := strings.Cut(name, "+")
+		base, otherBin, _ := strings.Cut(base, "@")
+		bin := brokerBin
+		if otherBin != "" {
+			bin = otherBin
+		}
+		switch base {
 		case "broker-local", "broker-tokenreview", "broker-jwks":
-			tg, pid = startBrokerBinary(t, brokerBin, kube, strings.TrimPrefix(name, "broker-"))
+			tg, pid = startBrokerBinary(t, bin, kube, strings.TrimPrefix(base, "broker-"), strings.FieldsFunc(env, func(r rune) bool { return r == '+' }))
 		case "istio-ca":
 			tg, pid = startIstioCA(t, istioBin, kube, 80) // istiod's kube client QPS/burst: 80/160
 		default:
@@ -212,7 +223,7 @@ func buildBroker(t *testing.T) string {
 // backend, authenticating tokens of kube with verification "local" or
 // "tokenreview", or (mode "jwks") against the cluster's JWKS in a file
 // with no Kubernetes client at all.
-func startBrokerBinary(t *testing.T, bin string, kube *testenv.Kube, mode string) (loadgen.Target, int) {
+func startBrokerBinary(t *testing.T, bin string, kube *testenv.Kube, mode string, env []string) (loadgen.Target, int) {
 	t.Helper()
 	dir := t.TempDir()
 	authn := fmt.Sprintf("authn:\n  kubernetes:\n    kubeconfig: %s\n    verification: %s\n", kube.Kubeconfig, mode)
@@ -238,7 +249,7 @@ func startBrokerBinary(t *testing.T, bin string, kube *testenv.Kube, mode string
 		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p := testenv.StartProcess(t, fmt.Sprintf("broker-%s-%d", mode, attempt), bin, []string{"serve", "--config", cfgFile}, nil, dir)
+		p := testenv.StartProcess(t, fmt.Sprintf("broker-%s-%d", mode, attempt), bin, []string{"serve", "--config", cfgFile}, env, dir)
 		err := waitFor(p, 2*time.Minute, func() error {
 			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", mport))
 			if err != nil {
@@ -367,7 +378,7 @@ func TestBrokerLoadCommand(t *testing.T) {
 	}
 	kube := testenv.StartKube(t)
 	bin := buildBroker(t)
-	tg, pid := startBrokerBinary(t, bin, kube, "local")
+	tg, pid := startBrokerBinary(t, bin, kube, "local", nil)
 	rootFile := filepath.Join(t.TempDir(), "root.pem")
 	if err := os.WriteFile(rootFile, tg.RootsPEM, 0o600); err != nil {
 		t.Fatal(err)

@@ -81,7 +81,11 @@ type Report struct {
 	CA, APIServer, Self CPU
 	// HostBusy is the fraction of all CPUs busy during the run (from /proc/stat).
 	HostBusy float64
-	CPUs     int
+	// HostSteal is the fraction of all CPUs' time the hypervisor gave to
+	// other machines during the run (part of HostBusy): a run with much
+	// of it measured a slower machine.
+	HostSteal float64
+	CPUs      int
 }
 
 // FailedTotal is the number of workloads that got no verified certificate.
@@ -173,44 +177,50 @@ func parseProcStat(b []byte) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / clockTicks, nil
 }
 
-// hostCPU returns busy and total jiffies of all CPUs from /proc/stat.
-func hostCPU() (busy, total uint64, err error) {
+// hostStat is the jiffies of all CPUs from /proc/stat.
+type hostStat struct{ busy, steal, total uint64 }
+
+func hostCPU() (hostStat, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0, err
+		return hostStat{}, err
 	}
 	return parseHostStat(b)
 }
 
 // parseHostStat reads the aggregate "cpu" line of /proc/stat: user nice
 // system idle iowait irq softirq steal (guest time is already in user).
-// Idle and iowait are not busy.
-func parseHostStat(b []byte) (busy, total uint64, err error) {
+// Idle and iowait are not busy; steal is.
+func parseHostStat(b []byte) (hostStat, error) {
+	var h hostStat
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	f := strings.Fields(string(line))
 	if len(f) < 5 || f[0] != "cpu" {
-		return 0, 0, errors.New("malformed /proc/stat")
+		return h, errors.New("malformed /proc/stat")
 	}
 	for i, s := range f[1:min(len(f), 9)] {
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("malformed /proc/stat: %w", err)
+			return h, fmt.Errorf("malformed /proc/stat: %w", err)
 		}
-		total += v
+		h.total += v
 		if i != 3 && i != 4 { // idle, iowait
-			busy += v
+			h.busy += v
+		}
+		if i == 7 {
+			h.steal = v
 		}
 	}
-	return busy, total, nil
+	return h, nil
 }
 
 // cpuMeter samples the processes of a run before and after it.
 type cpuMeter struct {
-	pids      [3]int // CA, API server, self (0)
-	before    [3]time.Duration
-	errs      [3]error
-	busy, tot uint64
-	hostErr   error
+	pids    [3]int // CA, API server, self (0)
+	before  [3]time.Duration
+	errs    [3]error
+	host    hostStat
+	hostErr error
 }
 
 func startCPU(caPID, apiPID int) *cpuMeter {
@@ -221,7 +231,7 @@ func startCPU(caPID, apiPID int) *cpuMeter {
 		}
 		m.before[i], m.errs[i] = ProcessCPU(pid)
 	}
-	m.busy, m.tot, m.hostErr = hostCPU()
+	m.host, m.hostErr = hostCPU()
 	return m
 }
 
@@ -249,9 +259,10 @@ func (m *cpuMeter) stop(r *Report) {
 	}
 	r.CPUs = runtime.NumCPU()
 	if m.hostErr == nil {
-		busy, tot, err := hostCPU()
-		if err == nil && tot > m.tot {
-			r.HostBusy = float64(busy-m.busy) / float64(tot-m.tot)
+		h, err := hostCPU()
+		if tot := float64(h.total - m.host.total); err == nil && h.total > m.host.total {
+			r.HostBusy = float64(h.busy-m.host.busy) / tot
+			r.HostSteal = float64(h.steal-m.host.steal) / tot
 		}
 	}
 }
@@ -301,7 +312,7 @@ func (r *Report) Write(w io.Writer) {
 	cpu("CA", r.CA)
 	cpu("API server", r.APIServer)
 	cpu("load generator", r.Self)
-	fmt.Fprintf(w, "  host: %.0f%% of %d CPUs busy during the run\n", r.HostBusy*100, r.CPUs)
+	fmt.Fprintf(w, "  host: %.0f%% of %d CPUs busy during the run, %.1f%% stolen by the hypervisor\n", r.HostBusy*100, r.CPUs, r.HostSteal*100)
 }
 
 // Column is one target in a side-by-side table: its runs (several when
@@ -332,6 +343,7 @@ var Metrics = []Metric{
 	{"apiserver CPU ms/cert", func(r *Report) (float64, bool) { return cpuMS(r.APIServer, r.Succeeded) }, "%.2f", false},
 	{"loadgen CPU ms/cert", func(r *Report) (float64, bool) { return cpuMS(r.Self, r.Succeeded) }, "%.2f", false},
 	{"host busy %", func(r *Report) (float64, bool) { return r.HostBusy * 100, r.CPUs > 0 }, "%.0f", true},
+	{"steal %", func(r *Report) (float64, bool) { return r.HostSteal * 100, r.CPUs > 0 }, "%.1f", true},
 	{"failed", func(r *Report) (float64, bool) { return float64(r.FailedTotal()), true }, "%.0f", true},
 }
 

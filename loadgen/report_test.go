@@ -107,15 +107,15 @@ func TestParseProcStat(t *testing.T) {
 }
 
 func TestParseHostStat(t *testing.T) {
-	stat := "cpu  100 10 50 800 40 5 5 0 0 0\ncpu0 50 5 25 400 20 2 3 0 0 0\n"
-	busy, total, err := parseHostStat([]byte(stat))
+	stat := "cpu  100 10 50 800 40 5 5 7 0 0\ncpu0 50 5 25 400 20 2 3 0 0 0\n"
+	h, err := parseHostStat([]byte(stat))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if busy != 170 || total != 1010 {
-		t.Errorf("busy %d total %d, want 170 1010", busy, total)
+	if h != (hostStat{busy: 177, steal: 7, total: 1017}) {
+		t.Errorf("got %+v, want busy 177 steal 7 total 1017", h)
 	}
-	if _, _, err := parseHostStat([]byte("intr 1 2 3\n")); err == nil {
+	if _, err := parseHostStat([]byte("intr 1 2 3\n")); err == nil {
 		t.Error("no error for a file without the cpu line")
 	}
 }

@@ -12,7 +12,8 @@
 # Targets: broker-local (local token verification, the default), broker-tokenreview,
 # broker-jwks, istio-ca (security/pkg/server/ca + kubeauth with istiod's kube client limits,
 # QPS/burst 80/160, which cap it near 80 TokenReviews/s) and istio-ca-qps1000 (the same with the
-# broker's limits, 1000/2000, to compare the servers' own costs).
+# broker's limits, 1000/2000, to compare the servers' own costs). A broker target may run another
+# build or environment: broker-local@/tmp/broker-old, broker-local+GOGC=100.
 #
 # Env (defaults in brackets): N [5000], CONCURRENCY [16,64], RUNS [2, per target and
 # concurrency], TARGETS [broker-local,broker-tokenreview,istio-ca,istio-ca-qps1000,broker-jwks],

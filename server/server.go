@@ -146,7 +146,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 		// The backend may have moved to a root the bundle has not
 		// picked up yet: look again now rather than at the next refresh.
 		s.cfg.Trust.RefreshSoon()
-		a.log.Error("backend returned a certificate that failed verification; nothing was returned", "error", err)
+		a.log(slog.LevelError, "backend returned a certificate that failed verification; nothing was returned", slog.Any("error", err))
 		return nil, a.refuse(status.Error(codes.Internal, "the certificate authority returned a certificate that failed the broker's verification; nothing was issued"))
 	}
 

@@ -79,7 +79,10 @@ func Chain(req *backends.Request, issued []*x509.Certificate, anchors []*x509.Ce
 		roots.AddCert(a)
 	}
 	for _, c := range issued[1:] {
-		if c != nil {
+		// A PKI that returns its root as well would otherwise offer the
+		// path builder the same parent twice, and it checks the leaf's
+		// signature once per candidate.
+		if c != nil && !slices.ContainsFunc(anchors, c.Equal) {
 			inter.AddCert(c)
 		}
 	}

@@ -127,8 +127,10 @@ func serveCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			log := broker.NewLogger(cfg.Log)
+			log.Info("garbage collector", "settings", tuneGC())
 			startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-			b, err := broker.Start(startCtx, cfg, broker.Options{})
+			b, err := broker.Start(startCtx, cfg, broker.Options{Logger: log})
 			cancel()
 			if err != nil {
 				return err
