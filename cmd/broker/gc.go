@@ -49,15 +49,17 @@ func tuneGC() string {
 // then v1); "max" or an absurdly large value means none.
 func cgroupMemoryLimit() (int64, bool) {
 	for _, f := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
+		if b, err := os.ReadFile(f); err == nil {
+			return parseCgroupLimit(b)
 		}
-		v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		if err != nil || v <= 0 || v >= 1<<50 {
-			return 0, false
-		}
-		return v, true
 	}
 	return 0, false
+}
+
+func parseCgroupLimit(b []byte) (int64, bool) {
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || v <= 0 || v >= 1<<50 { // "max", or v1's "unlimited" 0x7ffffffffffff000
+		return 0, false
+	}
+	return v, true
 }
