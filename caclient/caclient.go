@@ -51,6 +51,11 @@ func Dial(addr string, roots *x509.CertPool, serverName string, clientCert *tls.
 	if clientCert != nil {
 		tc.Certificates = []tls.Certificate{*clientCert}
 	}
+	return DialTLS(addr, tc)
+}
+
+// DialTLS connects with a TLS configuration of the caller's.
+func DialTLS(addr string, tc *tls.Config) (*Client, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s: %w", addr, err)

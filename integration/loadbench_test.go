@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,7 +49,8 @@ import (
 //	MESHCA_LOADBENCH_NAMESPACES   namespaces the workloads are spread over (10)
 //	MESHCA_LOADBENCH_PAUSE        pause between runs (11s: kube-apiserver caches a TokenReview for 10s)
 //	MESHCA_LOADBENCH_BROKER_CA_KEY  the broker's local CA key (ECDSA-P256, its default; Istio's is RSA-2048)
-//	MESHCA_LOADBENCH_PERF_DIR     if set and perf is installed: perf record of each broker run there
+//	MESHCA_LOADBENCH_PERF_DIR     if set: a perf record of each broker run there (if perf is installed),
+//	                              and a Go CPU profile of the load generator
 //	MESHCA_LOADBENCH_OUT          also write the tables to this file
 func TestLoadBenchVsIstioCA(t *testing.T) {
 	if os.Getenv("MESHCA_LOADBENCH") != "1" {
@@ -154,11 +156,13 @@ func TestLoadBenchVsIstioCA(t *testing.T) {
 					t.Fatal(err)
 				}
 				stopPerf := startPerf(t, perfDir, tg.pid, fmt.Sprintf("%s-c%d-run%d", name, c, rep+1), strings.HasPrefix(name, "broker"))
+				stopProfile := profileLoadGenerator(t, perfDir, fmt.Sprintf("loadgen-%s-c%d-run%d", name, c, rep+1))
 				r, err := loadgen.Run(ctx, tg.Target, set.Workloads, loadgen.Options{
 					Mode: loadgen.Burst, Concurrency: c, SharedConnections: shared,
 					Timeout: 10 * time.Minute, CAPID: tg.pid, APIServerPID: kube.PID(),
 				})
 				stopPerf()
+				stopProfile()
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -322,6 +326,30 @@ func waitFor(p *testenv.Process, timeout time.Duration, check func() error) erro
 			return fmt.Errorf("not ready after %v: %v", timeout, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// profileLoadGenerator writes a Go CPU profile of this process (the load
+// generator, which shares the CPUs with the CA) to dir/<name>.pprof while
+// a run lasts, when dir is set; the returned func stops it.
+func profileLoadGenerator(t *testing.T, dir, name string) func() {
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		t.Logf("load generator profile: %v", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		t.Logf("load generator profile: %v", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		fmt.Fprintf(os.Stdout, "load generator profile: %s\n", f.Name())
 	}
 }
 

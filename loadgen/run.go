@@ -140,6 +140,7 @@ func Run(ctx context.Context, t Target, ws []*Workload, o Options) (*Report, err
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
+	server := newServerCheck(pool, t.ServerName)
 	kt := KeyType("")
 	for _, w := range ws {
 		if w.Key == nil || w.CSRPEM == "" {
@@ -152,7 +153,7 @@ func Run(ctx context.Context, t Target, ws []*Workload, o Options) (*Report, err
 
 	var shared []*caclient.Client
 	for range o.SharedConnections {
-		c, err := caclient.Dial(t.Addr, pool, t.ServerName, nil)
+		c, err := caclient.DialTLS(t.Addr, server.tlsConfig())
 		if err != nil {
 			return nil, err
 		}
@@ -193,7 +194,7 @@ func Run(ctx context.Context, t Target, ws []*Workload, o Options) (*Report, err
 			c = shared[j.i%len(shared)]
 		} else {
 			var err error
-			if c, err = caclient.Dial(t.Addr, pool, t.ServerName, nil); err != nil {
+			if c, err = caclient.DialTLS(t.Addr, server.tlsConfig()); err != nil {
 				results[j.i] = Result{Latency: time.Since(start), Code: "ClientError", Err: err}
 				return
 			}

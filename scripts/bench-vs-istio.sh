@@ -19,7 +19,7 @@
 # concurrency], TARGETS [broker-local,broker-tokenreview,istio-ca,istio-ca-qps1000,broker-jwks],
 # KEY [ECDSA-P256 | RSA-2048], SHARED [0 = fresh TLS per workload], NAMESPACES [10],
 # PAUSE [11s], BROKER_CA_KEY [ECDSA-P256, the broker's default; RSA-2048 is Istio's],
-# PERF_DIR [unset; set to record `perf` profiles of the broker runs], OUT [${TMPDIR:-/tmp}/bench-vs-istio.txt:
+# PERF_DIR [unset; set to record `perf` profiles of the broker runs and Go CPU profiles of the load generator], OUT [${TMPDIR:-/tmp}/bench-vs-istio.txt:
 # the tables], TIMEOUT [90m].
 #
 # The machine is shared by the load generator, the CAs and the API server: numbers are for one
