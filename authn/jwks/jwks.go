@@ -512,20 +512,22 @@ func (a *Authenticator) VerifyToken(ctx context.Context, token string) (*Claims,
 	}
 	hdr := tok.Headers[0]
 
-	var std jwt.Claims
-	var priv struct {
+	// One struct, so that the payload is decoded once.
+	var claims struct {
+		jwt.Claims
 		Kubernetes *kubeClaims `json:"kubernetes.io"`
 	}
-	if err := a.verify(ctx, tok, hdr, &std, &priv); err != nil {
+	if err := a.verify(ctx, tok, hdr, &claims); err != nil {
 		return nil, err
 	}
+	std, priv := &claims.Claims, &claims
 
 	if err := std.ValidateWithLeeway(jwt.Expected{
 		Issuer:      a.cfg.Issuer,
 		AnyAudience: a.cfg.Audiences,
 		Time:        a.cfg.Now(),
 	}, a.cfg.Leeway); err != nil {
-		return nil, fmt.Errorf("%w: jwt: %s", authn.ErrDenied, describe(err, &std, a.cfg))
+		return nil, fmt.Errorf("%w: jwt: %s", authn.ErrDenied, describe(err, std, a.cfg))
 	}
 	// A token without expiry (the legacy secret-based kind) would be good
 	// forever if stolen; Istio's third-party tokens always expire.

@@ -561,3 +561,18 @@ func TestConcurrentUnknownKidCoalesces(t *testing.T) {
 		t.Fatalf("20 concurrent first requests caused %d fetches", n)
 	}
 }
+
+// BenchmarkVerifyToken is one service-account token as the API server
+// mints it (RS256, the usual Kubernetes key), verified locally.
+func BenchmarkVerifyToken(b *testing.B) {
+	keys(b)
+	file := writeFile(b, "jwks.json", jwksJSON(b, jose.JSONWebKey{Key: &rsaKey.PublicKey, KeyID: "rsa1", Algorithm: "RS256", Use: "sig"}))
+	a := newAuth(b, Config{File: file})
+	tok := signWith(b, jose.RS256, rsaKey, "rsa1")(claims("shop", "cart"))
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := a.VerifyToken(ctx, tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
