@@ -20,13 +20,12 @@ import (
 // logger's With formats eagerly, which costs on every request in a mass
 // restart.
 type audit struct {
-	s       *Server
-	ctx     context.Context
-	start   time.Time
-	attrs   []slog.Attr
-	method  string
-	signDur time.Duration
-	signAt  time.Time
+	s      *Server
+	ctx    context.Context
+	start  time.Time
+	attrs  []slog.Attr
+	method string
+	signAt time.Time
 }
 
 func (s *Server) newAudit(ctx context.Context) *audit {

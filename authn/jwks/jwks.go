@@ -520,7 +520,7 @@ func (a *Authenticator) VerifyToken(ctx context.Context, token string) (*Claims,
 	if err := a.verify(ctx, tok, hdr, &claims); err != nil {
 		return nil, err
 	}
-	std, priv := &claims.Claims, &claims
+	std := &claims.Claims
 
 	if err := std.ValidateWithLeeway(jwt.Expected{
 		Issuer:      a.cfg.Issuer,
@@ -540,7 +540,7 @@ func (a *Authenticator) VerifyToken(ctx context.Context, token string) (*Claims,
 		return nil, fmt.Errorf("jwt: %w", err)
 	}
 	c := &Claims{Namespace: ns, ServiceAccount: sa, Subject: std.Subject, Expiry: std.Expiry.Time()}
-	if k := priv.Kubernetes; k != nil {
+	if k := claims.Kubernetes; k != nil {
 		// The API server writes both; disagreement means the token was
 		// not minted by it, whatever its signature says.
 		if k.Namespace != ns || k.ServiceAccount == nil || k.ServiceAccount.Name != sa {
