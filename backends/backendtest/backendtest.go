@@ -210,6 +210,28 @@ func HostileSubjects() []HostileSubject {
 	}
 }
 
+// CSR signs tmpl with key (a fresh P-256 key when nil) and parses it back:
+// a CSR shaped as a test needs, beyond what the broker's own would say.
+func CSR(t testing.TB, key crypto.Signer, tmpl *x509.CertificateRequest) *x509.CertificateRequest {
+	t.Helper()
+	if key == nil {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key = k
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}
+
 // NewRequestWithSubject is NewRequest with a CSR whose subject is raw
 // (and whose template, as policy approves it, is still empty).
 func NewRequestWithSubject(t testing.TB, spiffeID string, raw []byte, ttl time.Duration) *backends.Request {
@@ -224,13 +246,7 @@ func NewRequestWithSubject(t testing.TB, spiffeID string, raw []byte, ttl time.D
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{RawSubject: raw, ExtraExtensions: []pkix.Extension{san}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if req.CSR, err = x509.ParseCertificateRequest(der); err != nil {
-		t.Fatal(err)
-	}
+	req.CSR = CSR(t, key, &x509.CertificateRequest{RawSubject: raw, ExtraExtensions: []pkix.Extension{san}})
 	return req
 }
 

@@ -3,7 +3,6 @@ package gcpcas
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -93,19 +92,6 @@ func sanExtension(t testing.TB, critical bool, names ...asn1.RawValue) pkix.Exte
 	return pkix.Extension{Id: oidSubjectAltName, Critical: critical, Value: mustMarshal(t, names)}
 }
 
-func newCSR(t testing.TB, key crypto.Signer, tmpl *x509.CertificateRequest) *x509.CertificateRequest {
-	t.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return csr
-}
-
 // handCSR builds and signs a CSR from raw parts, for shapes
 // crypto/x509 will not write: several attribute values, odd attributes.
 func handCSR(t testing.TB, key *ecdsa.PrivateKey, subject []byte, attributes ...asn1.RawValue) *x509.CertificateRequest {
@@ -170,7 +156,7 @@ func TestPemCSROrConfig(t *testing.T) {
 	approvedSAN := sanExtension(t, false, gnURI(testID))
 	kuExt := pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 15}, Critical: true, Value: mustMarshal(t, asn1.BitString{Bytes: []byte{0x06}, BitLength: 7})}
 	csrWith := func(tmpl x509.CertificateRequest) func(t *testing.T) *x509.CertificateRequest {
-		return func(t *testing.T) *x509.CertificateRequest { return newCSR(t, key, &tmpl) }
+		return func(t *testing.T) *x509.CertificateRequest { return backendtest.CSR(t, key, &tmpl) }
 	}
 	tests := []struct {
 		name     string

@@ -267,19 +267,7 @@ func mustParsePEM(t testing.TB, p []byte) *x509.Certificate {
 // step-ca wants the CSR's names to equal the token's.
 func csrWith(t testing.TB, req *backends.Request, dns []string) *x509.CertificateRequest {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: req.Template.URIs, DNSNames: dns}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return csr
+	return backendtest.CSR(t, nil, &x509.CertificateRequest{URIs: req.Template.URIs, DNSNames: dns})
 }
 
 // BenchmarkSign compares the backend's Sign (token minting, CSR binding,

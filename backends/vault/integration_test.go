@@ -632,19 +632,7 @@ func rawSign(t testing.TB, p *vaultPKI, path string, req *backends.Request) *x50
 
 func csrWith(t testing.TB, uris []*url.URL, dns []string) *x509.CertificateRequest {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: uris, DNSNames: dns}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return csr
+	return backendtest.CSR(t, nil, &x509.CertificateRequest{URIs: uris, DNSNames: dns})
 }
 
 func pemDER(t testing.TB, p []byte) []byte {
