@@ -440,17 +440,10 @@ func istioStyleRequestWith(t *testing.T, notAfter time.Time, critical bool) *bac
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+	csr := backendtest.CSR(t, key, &x509.CertificateRequest{
 		Subject:         pkix.Name{Organization: []string{""}},
 		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Critical: critical, Value: san}},
-	}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	req := backendtest.NewRequestForKey(t, key, spiffeID, time.Hour)
 	req.CSR = csr
 	req.Template.URIs = []*url.URL{u}
@@ -476,16 +469,8 @@ func nonCriticalSANRequest(t *testing.T, uris, dnsNames []string) *backends.Requ
 		}
 		us = append(us, u)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: us, DNSNames: dnsNames}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
 	req := backendtest.NewRequestForKey(t, key, spiffeID, time.Hour)
-	req.CSR = csr
+	req.CSR = backendtest.CSR(t, key, &x509.CertificateRequest{URIs: us, DNSNames: dnsNames})
 	req.Template.URIs, req.Template.DNSNames = us, dnsNames
 	if len(us) == 0 {
 		req.Template.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}

@@ -132,13 +132,8 @@ func TestConfigModeWhenCSRAsksForMore(t *testing.T) {
 	s := newSigner(t, f, nil)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(spiffeID)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}, DNSNames: []string{"admin.example.com"}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, _ := x509.ParseCertificateRequest(der)
 	req := backendtest.NewRequestForKey(t, key, spiffeID, time.Hour)
-	req.CSR = csr
+	req.CSR = backendtest.CSR(t, key, &x509.CertificateRequest{URIs: []*url.URL{u}, DNSNames: []string{"admin.example.com"}})
 	chain, err := sign(t, s, req, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -511,11 +506,7 @@ func TestInjectedSubjectIsCaught(t *testing.T) {
 	agentStyle := func(t *testing.T) *backends.Request {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		req := backendtest.NewRequestForKey(t, key, spiffeID, time.Hour)
-		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{Organization: []string{""}}, URIs: req.Template.URIs}, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.CSR, _ = x509.ParseCertificateRequest(der)
+		req.CSR = backendtest.CSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{Organization: []string{""}}, URIs: req.Template.URIs})
 		return req
 	}
 	tests := []struct {

@@ -599,14 +599,7 @@ func csrWithUsage(t testing.TB, ku x509.KeyUsage) *backends.Request {
 		t.Fatal(err)
 	}
 	req := backendtest.NewRequestForKey(t, key, spiffeID, time.Hour)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: req.Template.URIs,
-		ExtraExtensions: []pkix.Extension{kuExt(t, ku)}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if req.CSR, err = x509.ParseCertificateRequest(der); err != nil {
-		t.Fatal(err)
-	}
+	req.CSR = backendtest.CSR(t, key, &x509.CertificateRequest{URIs: req.Template.URIs, ExtraExtensions: []pkix.Extension{kuExt(t, ku)}})
 	return req
 }
 

@@ -91,13 +91,7 @@ func request(t testing.TB, key crypto.Signer, csrTmpl *x509.CertificateRequest) 
 	if csrTmpl.URIs == nil && csrTmpl.DNSNames == nil { // an empty, non-nil URIs: no SAN
 		csrTmpl.URIs = req.Template.URIs
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, csrTmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if req.CSR, err = x509.ParseCertificateRequest(der); err != nil {
-		t.Fatal(err)
-	}
+	req.CSR = backendtest.CSR(t, key, csrTmpl)
 	return req
 }
 
