@@ -104,9 +104,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/meshca/broker/integration/fakes/netfault"
+	"github.com/meshca/broker/integration/fakes/quota"
 )
 
 // Default static credentials the fake accepts.
@@ -166,8 +165,6 @@ type Server struct {
 	certs       map[string]*issued
 	tokens      map[string]tokenEntry
 	inProgress  int
-	throttleN   int
-	throttleOps map[string]bool
 	calls       map[string]int
 	issuedCount int
 	lastIssue   *IssueRequest
@@ -175,10 +172,9 @@ type Server struct {
 
 	injectSubject []byte
 	issueLatency  time.Duration
-	rateLimit     rate.Limit
-	rateBurst     int
-	limiters      map[string]*rate.Limiter
 	hardQuota     int
+
+	quota quota.Quota
 }
 
 type issued struct {
@@ -229,7 +225,6 @@ func Start(opts Options) (*Server, error) {
 		calls:  map[string]int{},
 
 		dropAnswers: map[string]int{},
-		limiters:    map[string]*rate.Limiter{},
 	}
 	s.srv = &http.Server{Handler: http.HandlerFunc(s.handle), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.srv.Serve(s.ln) }()
@@ -258,18 +253,7 @@ func (s *Server) SetInProgressPolls(n int) {
 
 // Throttle answers the next n calls of the named operations (of every
 // operation when none is named) with ThrottlingException.
-func (s *Server) Throttle(n int, operations ...string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttleN = n
-	s.throttleOps = nil
-	if len(operations) > 0 {
-		s.throttleOps = map[string]bool{}
-		for _, op := range operations {
-			s.throttleOps[op] = true
-		}
-	}
-}
+func (s *Server) Throttle(n int, operations ...string) { s.quota.Throttle(n, operations...) }
 
 // DropAnswers makes the next n calls of an operation do their work and
 // then close the connection without answering, as when a response is lost
@@ -310,16 +294,7 @@ func (s *Server) SetIssueLatency(d time.Duration) {
 // ThrottlingException "Rate exceeded", as the real service's per-operation
 // request rates do. Throttled calls count in Calls. perSecond <= 0 turns
 // the limit off. Every SetRateLimit starts each operation with a full bucket.
-func (s *Server) SetRateLimit(perSecond float64, burst int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.rateLimit = rate.Limit(perSecond)
-	if perSecond <= 0 {
-		s.rateLimit = 0
-	}
-	s.rateBurst = max(burst, 1)
-	s.limiters = map[string]*rate.Limiter{}
-}
+func (s *Server) SetRateLimit(perSecond float64, burst int) { s.quota.SetRate(perSecond, burst) }
 
 // SetHardQuota makes IssueCertificate answer LimitExceededException once n
 // certificates have been issued (IssuedCount, counted since Start), as
@@ -484,19 +459,8 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.calls[op]++
-	throttled := s.throttleN > 0 && (s.throttleOps == nil || s.throttleOps[op])
-	if throttled {
-		s.throttleN--
-	}
-	if !throttled && s.rateLimit > 0 {
-		l := s.limiters[op]
-		if l == nil {
-			l = rate.NewLimiter(s.rateLimit, s.rateBurst)
-			s.limiters[op] = l
-		}
-		throttled = !l.Allow()
-	}
 	s.mu.Unlock()
+	throttled := !s.quota.Admit(op)
 	if typ, msg := s.checkSigV4(r, body); typ != "" {
 		writeError(w, errf(typ, "%s", msg))
 		return

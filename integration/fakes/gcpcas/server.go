@@ -80,7 +80,6 @@ import (
 	"time"
 
 	"cloud.google.com/go/security/privateca/apiv1/privatecapb"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -90,6 +89,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/meshca/broker/integration/fakes/netfault"
+	"github.com/meshca/broker/integration/fakes/quota"
 )
 
 // Options configure a fake. Zero values pick the defaults.
@@ -141,8 +141,6 @@ type Server struct {
 
 	mu            sync.Mutex
 	outage        OutageMode
-	throttleN     int
-	throttleOps   map[string]bool
 	latency       time.Duration
 	dropAnswers   map[string]int
 	calls         map[string]int
@@ -152,9 +150,8 @@ type Server struct {
 	lastCreate    *privatecapb.CreateCertificateRequest
 	lastParamsHdr string
 	injectSubject []byte
-	rateLimit     rate.Limit
-	rateBurst     int
-	limiters      map[string]*rate.Limiter
+
+	quota quota.Quota
 }
 
 type fakeCA struct {
@@ -233,17 +230,7 @@ func (s *Server) Subordinate(caID string) *x509.Certificate { return s.cas[caID]
 
 // Throttle answers the next n calls of the named methods (every method when
 // none is named) with RESOURCE_EXHAUSTED.
-func (s *Server) Throttle(n int, methods ...string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttleN, s.throttleOps = n, nil
-	if len(methods) > 0 {
-		s.throttleOps = map[string]bool{}
-		for _, m := range methods {
-			s.throttleOps[m] = true
-		}
-	}
-}
+func (s *Server) Throttle(n int, methods ...string) { s.quota.Throttle(n, methods...) }
 
 // SetLatency delays every answer by d (or until the caller's deadline).
 func (s *Server) SetLatency(d time.Duration) {
@@ -289,16 +276,7 @@ func (s *Server) SetInjectSubject(raw []byte) {
 // RESOURCE_EXHAUSTED, as CA Service does when a request quota is exceeded.
 // Each method has its own bucket, starting full. perSecond <= 0 turns the
 // limit off.
-func (s *Server) SetRateLimit(perSecond float64, burst int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.limiters = map[string]*rate.Limiter{}
-	if perSecond <= 0 {
-		s.rateLimit, s.rateBurst = 0, 0
-		return
-	}
-	s.rateLimit, s.rateBurst = rate.Limit(perSecond), max(burst, 1)
-}
+func (s *Server) SetRateLimit(perSecond float64, burst int) { s.quota.SetRate(perSecond, burst) }
 
 // Calls reports how many calls a method received, failed ones included.
 func (s *Server) Calls(method string) int {
@@ -340,22 +318,9 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		s.lastParamsHdr = v[0]
 	}
 	outage, latency := s.outage, s.latency
-	throttled, limited := false, false
-	if outage != OutageUnavailable {
-		throttled = s.throttleN > 0 && (s.throttleOps == nil || s.throttleOps[method])
-		if throttled {
-			s.throttleN--
-		}
-		if !throttled && s.rateLimit > 0 {
-			lim := s.limiters[method]
-			if lim == nil {
-				lim = rate.NewLimiter(s.rateLimit, s.rateBurst)
-				s.limiters[method] = lim
-			}
-			limited = !lim.Allow()
-		}
-	}
 	s.mu.Unlock()
+	// An unavailable service spends no quota.
+	refused := outage != OutageUnavailable && !s.quota.Admit(method)
 	if outage == OutageUnavailable {
 		return nil, status.Error(codes.Unavailable, "The service is currently unavailable.")
 	}
@@ -368,7 +333,7 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		case <-t.C:
 		}
 	}
-	if throttled || limited {
+	if refused {
 		metric := "Read requests"
 		if method == "CreateCertificate" {
 			metric = "Certificate creation requests"
