@@ -42,14 +42,21 @@ func setup(t *testing.T) (*localca.CA, *trust.Bundle) {
 // its lifetime (valid still, due for renewal).
 func agedSecret(t *testing.T, signer backends.Signer, names []string) *corev1.Secret {
 	t.Helper()
+	now := time.Now()
+	return issuedSecret(t, signer, names, now.Add(-20*time.Hour), now.Add(4*time.Hour))
+}
+
+// issuedSecret is an istiod Secret holding a certificate for names from
+// signer, valid from notBefore to notAfter, and its key.
+func issuedSecret(t *testing.T, signer backends.Signer, names []string, notBefore, notAfter time.Time) *corev1.Secret {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, err := csrgen.New(key, csrgen.Names{DNSNames: names})
 	if err != nil {
 		t.Fatal(err)
 	}
 	csr, _ := x509.ParseCertificateRequest(der)
-	now := time.Now()
-	chain, err := signer.Sign(context.Background(), &backends.Request{CSR: csr, Template: policy.ServingTemplate(names, now.Add(-20*time.Hour), now.Add(4*time.Hour))})
+	chain, err := signer.Sign(context.Background(), &backends.Request{CSR: csr, Template: policy.ServingTemplate(names, notBefore, notAfter)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,22 +151,9 @@ func TestKeeperAdoptsAGoodCertificate(t *testing.T) {
 	ca, bundle := setup(t)
 	cfg := Config{Namespace: "istio-system", Name: "istiod-tls", TTL: 24 * time.Hour, Reconcile: 20 * time.Millisecond,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	fresh := agedSecret(t, ca, cfg.DNSNames())
-	// Make it young: reissue with a fresh validity.
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, _ := csrgen.New(key, csrgen.Names{DNSNames: cfg.DNSNames()})
-	csr, _ := x509.ParseCertificateRequest(der)
 	now := time.Now()
-	chain, err := ca.Sign(context.Background(), &backends.Request{CSR: csr, Template: policy.ServingTemplate(cfg.DNSNames(), now.Add(-time.Minute), now.Add(24*time.Hour))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var crt bytes.Buffer
-	for _, c := range chain {
-		pem.Encode(&crt, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	fresh.Data = map[string][]byte{corev1.TLSCertKey: crt.Bytes(), corev1.TLSPrivateKeyKey: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})}
+	fresh := issuedSecret(t, ca, cfg.DNSNames(), now.Add(-time.Minute), now.Add(24*time.Hour))
+	issued := leafOf(t, fresh)
 	cs := fake.NewClientset(fresh)
 	cfg.Client = cs
 	k, err := New(cfg, ca, bundle)
@@ -173,7 +167,7 @@ func TestKeeperAdoptsAGoodCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !leafOf(t, got).Equal(chain[0]) {
+	if !leafOf(t, got).Equal(issued) {
 		t.Fatal("a good certificate was replaced")
 	}
 	if !bytes.Equal(got.Data["ca.crt"], bundle.Current().PEM) {

@@ -99,10 +99,7 @@ func TestPublishBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	regCtx, regCancel := context.WithCancel(context.Background())
-	regDone := make(chan struct{})
-	go func() { defer close(regDone); _ = reg.Run(regCtx) }()
-	t.Cleanup(func() { regCancel(); <-regDone })
+	runRegistry(t, reg)
 	roots := &settableRoots{}
 	rootA, rootB := testenv.NewCA(t, "root A"), testenv.NewCA(t, "root B")
 	roots.set(rootA.Cert)

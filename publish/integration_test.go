@@ -266,10 +266,7 @@ func TestPublishTwoClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	regCtx, regCancel := context.WithCancel(context.Background())
-	regDone := make(chan struct{})
-	go func() { defer close(regDone); _ = reg.Run(regCtx) }()
-	t.Cleanup(func() { regCancel(); <-regDone })
+	runRegistry(t, reg)
 
 	rootA, rootB := testenv.NewCA(t, "root A"), testenv.NewCA(t, "root B")
 	roots := &settableRoots{}
@@ -571,4 +568,12 @@ func liveWatch(t *testing.T, c kubernetes.Interface, namespace string) watch.Int
 	}
 	t.Fatal("could not establish a watch")
 	return nil
+}
+
+// runRegistry runs reg until the test ends.
+func runRegistry(t testing.TB, reg *cluster.Registry) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = reg.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
 }
