@@ -102,6 +102,20 @@ type Pod struct {
 	Name, Namespace, UID string
 	ServiceAccount, Node string
 	Terminated, Deleting bool
+	// Created is the pod's creationTimestamp (second resolution).
+	Created time.Time
+	// DeletionTimestamp is set once the pod is being deleted: the time
+	// by which it should be gone (the delete call plus its grace period),
+	// as the API server sets it. Zero while it is not being deleted.
+	DeletionTimestamp time.Time
+}
+
+// ServiceAccount is what the broker keeps of a service account.
+type ServiceAccount struct {
+	Namespace, Name, UID string
+	// Created is its creationTimestamp (second resolution): a service
+	// account recreated under the same name has a later one.
+	Created time.Time
 }
 
 // Cluster is one cluster's live view. Its methods are safe for concurrent
@@ -129,6 +143,7 @@ type Cluster struct {
 
 const (
 	indexNodeServiceAccount = "node/ns/sa"
+	indexServiceAccount     = "ns/sa"
 	resync                  = 0 // watches only; nothing needs periodic relists
 )
 
@@ -168,6 +183,12 @@ func New(id string, rc *rest.Config, opts Options) (*Cluster, error) {
 			return nil, nil
 		}
 		return []string{p.node + "/" + p.namespace + "/" + p.serviceAccount}, nil
+	}, indexServiceAccount: func(obj any) ([]string, error) {
+		p, ok := obj.(*podEntry)
+		if !ok || p.serviceAccount == "" {
+			return nil, nil
+		}
+		return []string{p.namespace + "/" + p.serviceAccount}, nil
 	}})
 	if err := c.podInformer.SetTransform(compactPod); err != nil {
 		return nil, fmt.Errorf("cluster %s: pod transform: %w", id, err)
@@ -186,6 +207,8 @@ type podEntry struct {
 	name, namespace, uid string
 	node, serviceAccount string
 	terminated, deleting bool
+	// Unix seconds; deletion is 0 while not deleting.
+	created, deletion int64
 }
 
 // GetObjectMeta lets the cache key the entry by namespace/name.
@@ -198,18 +221,24 @@ func compactPod(obj any) (any, error) {
 	if !ok {
 		return obj, nil // a tombstone, or already compact
 	}
-	return &podEntry{
+	e := &podEntry{
 		name: p.Name, namespace: p.Namespace, uid: string(p.UID),
 		node: p.Spec.NodeName, serviceAccount: p.Spec.ServiceAccountName,
 		terminated: p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
 		deleting:   p.DeletionTimestamp != nil,
-	}, nil
+		created:    p.CreationTimestamp.Unix(),
+	}
+	if p.DeletionTimestamp != nil {
+		e.deletion = p.DeletionTimestamp.Unix()
+	}
+	return e, nil
 }
 
 // objectEntry is what the cache keeps of a service account.
 type objectEntry struct {
 	name, namespace, uid string
 	deleting             bool
+	created              int64 // unix seconds
 }
 
 // GetObjectMeta lets the cache key the entry by namespace/name.
@@ -222,7 +251,7 @@ func compactMetadata(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	return &objectEntry{name: m.Name, namespace: m.Namespace, uid: string(m.UID), deleting: m.DeletionTimestamp != nil}, nil
+	return &objectEntry{name: m.Name, namespace: m.Namespace, uid: string(m.UID), deleting: m.DeletionTimestamp != nil, created: m.CreationTimestamp.Unix()}, nil
 }
 
 // Start begins watching and fetching the issuer's keys, in the background,
@@ -416,15 +445,38 @@ func (c *Cluster) Review(ctx context.Context, token string, audiences []string) 
 
 // ServiceAccountUID returns the UID of a live service account.
 func (c *Cluster) ServiceAccountUID(namespace, name string) (string, bool) {
+	sa, ok := c.ServiceAccount(namespace, name)
+	return sa.UID, ok
+}
+
+// ServiceAccount returns a live service account (not being deleted) from
+// the cache.
+func (c *Cluster) ServiceAccount(namespace, name string) (ServiceAccount, bool) {
 	obj, ok, err := c.saInformer.GetStore().GetByKey(namespace + "/" + name)
 	if err != nil || !ok {
-		return "", false
+		return ServiceAccount{}, false
 	}
 	o, ok := obj.(*objectEntry)
 	if !ok || o.deleting {
-		return "", false
+		return ServiceAccount{}, false
 	}
-	return o.uid, true
+	return ServiceAccount{Namespace: o.namespace, Name: o.name, UID: o.uid, Created: time.Unix(o.created, 0)}, true
+}
+
+// PodsOf returns the cached pods that run as namespace/serviceAccount, in
+// any state.
+func (c *Cluster) PodsOf(namespace, serviceAccount string) []Pod {
+	objs, err := c.podInformer.GetIndexer().ByIndex(indexServiceAccount, namespace+"/"+serviceAccount)
+	if err != nil {
+		return nil
+	}
+	out := make([]Pod, 0, len(objs))
+	for _, obj := range objs {
+		if p, ok := obj.(*podEntry); ok {
+			out = append(out, p.pod())
+		}
+	}
+	return out
 }
 
 // LookupServiceAccount answers from the cache when synced, else asks the
@@ -473,8 +525,12 @@ func (c *Cluster) RunsOn(node, namespace, serviceAccount string) bool {
 }
 
 func (p *podEntry) pod() Pod {
-	return Pod{Name: p.name, Namespace: p.namespace, UID: p.uid, ServiceAccount: p.serviceAccount, Node: p.node,
-		Terminated: p.terminated, Deleting: p.deleting}
+	pod := Pod{Name: p.name, Namespace: p.namespace, UID: p.uid, ServiceAccount: p.serviceAccount, Node: p.node,
+		Terminated: p.terminated, Deleting: p.deleting, Created: time.Unix(p.created, 0)}
+	if p.deletion != 0 {
+		pod.DeletionTimestamp = time.Unix(p.deletion, 0)
+	}
+	return pod
 }
 
 // Counts is the number of cached pods and service accounts.
