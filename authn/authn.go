@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -51,6 +52,10 @@ type Identity struct {
 	// NodeAgent is the authenticated caller when this identity was granted
 	// to it by impersonation (ambient: ztunnel for a pod on its node).
 	NodeAgent *Identity
+	// NotAfter, when set, is the latest NotAfter a certificate issued on
+	// this credential may have: a renewal by certificate rotates the key
+	// within the presented certificate's lifetime and never extends it.
+	NotAfter time.Time
 }
 
 // Authenticator proves a caller's identity one way.
