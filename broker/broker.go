@@ -43,6 +43,7 @@ import (
 	"github.com/meshca/broker/server"
 	"github.com/meshca/broker/servingcert"
 	"github.com/meshca/broker/trust"
+	"github.com/meshca/broker/verify"
 
 	// Every backend registers itself.
 	_ "github.com/meshca/broker/backends/all"
@@ -408,21 +409,6 @@ func (b *Broker) Clusters() *cluster.Registry { return b.clusters }
 func authenticators(cfg *config.Config, anchors *trust.Bundle, issuers *trust.Issuers, clusters *cluster.Registry, extra []authn.Authenticator) (authn.Chain, error) {
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	var chain authn.Chain
-	if *cfg.Authn.ClientCertificates {
-		aliases := make([]spiffeid.TrustDomain, 0, len(cfg.TrustDomainAliases))
-		for _, a := range cfg.TrustDomainAliases {
-			aliases = append(aliases, spiffeid.RequireTrustDomainFromString(a))
-		}
-		mc := mtls.Config{Anchors: anchors.Get, TrustDomain: td, Aliases: aliases, IssuedBy: issuers.Contains}
-		if clusters != nil {
-			mc.ServiceAccountExists = clusters.ServiceAccountExists
-		}
-		m, err := mtls.New(mc)
-		if err != nil {
-			return nil, fmt.Errorf("authn.clientCertificates: %w", err)
-		}
-		chain = append(chain, m)
-	}
 	if *cfg.Authn.Kubernetes.Enabled {
 		k, err := kube.NewForClusters(kube.Config{
 			ClusterID:    cfg.ClusterID,
@@ -452,6 +438,32 @@ func authenticators(cfg *config.Config, anchors *trust.Bundle, issuers *trust.Is
 			return nil, fmt.Errorf("authn.jwks[%d]: %w", i, err)
 		}
 		chain = append(chain, a)
+	}
+	// Certificates last: a request that carries a token is judged by its
+	// token alone, and only a request without one renews by certificate.
+	if *cfg.Authn.ClientCertificates {
+		aliases := make([]spiffeid.TrustDomain, 0, len(cfg.TrustDomainAliases))
+		for _, a := range cfg.TrustDomainAliases {
+			aliases = append(aliases, spiffeid.RequireTrustDomainFromString(a))
+		}
+		var off []mtls.Workload
+		for _, w := range cfg.Authn.OffClusterWorkloads {
+			parsed, err := mtls.ParseWorkload(w)
+			if err != nil {
+				return nil, fmt.Errorf("authn.offClusterWorkloads: %w", err)
+			}
+			off = append(off, parsed)
+		}
+		mc := mtls.Config{Anchors: anchors.Get, TrustDomain: td, Aliases: aliases, IssuedBy: issuers.Contains,
+			OffCluster: off, IssuanceSlack: cfg.Policy.Backdate.Duration + verify.Slack}
+		if clusters != nil {
+			mc.Clusters = mtls.Registry{R: clusters}
+		}
+		m, err := mtls.New(mc)
+		if err != nil {
+			return nil, fmt.Errorf("authn.clientCertificates: %w", err)
+		}
+		chain = append(chain, m)
 	}
 	chain = append(chain, extra...)
 	if len(chain) == 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshca/broker/authn/mtls"
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/policy"
 )
@@ -133,7 +134,16 @@ type Authn struct {
 	NodeAgents         []string   `json:"nodeAgents"`
 	Kubernetes         Kubernetes `json:"kubernetes,omitempty"`
 	JWKS               []JWKS     `json:"jwks,omitempty"`
-	ClientCertificates *bool      `json:"clientCertificates,omitempty"`
+	// ClientCertificates: a request with no bearer token may renew with
+	// the mesh certificate it presents, checked against the live cluster
+	// view (default: on when kubernetes is; it cannot work without it).
+	ClientCertificates *bool `json:"clientCertificates,omitempty"`
+	// OffClusterWorkloads ("namespace/serviceaccount" or "namespace/*")
+	// run outside every cluster (VMs): their certificates renew with a
+	// fresh lifetime while their service account exists unchanged, where
+	// every other workload only rotates its key within the lifetime of
+	// the certificate it presents.
+	OffClusterWorkloads []string `json:"offClusterWorkloads,omitempty"`
 	// ClientCertificateIssuers is a PEM file of CAs whose certificates
 	// may renew, besides the ones the broker has seen issue (its backend's
 	// issuing CA, learned from every issuance).
@@ -367,8 +377,8 @@ func (c *Config) ApplyDefaults() {
 		def(&c.Authn.JWKS[i].ClusterID, c.ClusterID)
 	}
 	if c.Authn.ClientCertificates == nil {
-		t := true
-		c.Authn.ClientCertificates = &t
+		on := *c.Authn.Kubernetes.Enabled
+		c.Authn.ClientCertificates = &on
 	}
 	pd := policy.Defaults()
 	defD(&c.Policy.DefaultTTL, pd.DefaultTTL)
@@ -485,6 +495,17 @@ func (c *Config) Validate() error {
 		if (j.File == "") == (j.URL == "") {
 			bad(key, "exactly one of file and url must be set")
 		}
+	}
+	if *c.Authn.ClientCertificates && !*c.Authn.Kubernetes.Enabled {
+		bad("authn.clientCertificates", "renewal by certificate is checked against the live cluster view, so it needs authn.kubernetes")
+	}
+	for i, w := range c.Authn.OffClusterWorkloads {
+		if _, err := mtls.ParseWorkload(w); err != nil {
+			bad(fmt.Sprintf("authn.offClusterWorkloads[%d]", i), "%v", err)
+		}
+	}
+	if len(c.Authn.OffClusterWorkloads) > 0 && !*c.Authn.ClientCertificates {
+		bad("authn.offClusterWorkloads", "off-cluster workloads renew by certificate, and authn.clientCertificates is off")
 	}
 	if !*c.Authn.Kubernetes.Enabled && len(c.Authn.JWKS) == 0 && !*c.Authn.ClientCertificates {
 		bad("authn", "no authenticator is enabled; every request would be refused")

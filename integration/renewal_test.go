@@ -11,11 +11,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/broker/backends/backendtest"
 	"github.com/meshca/broker/broker"
 	"github.com/meshca/broker/caclient"
 	"github.com/meshca/broker/config"
-	"github.com/meshca/broker/devissuer"
 	"github.com/meshca/broker/integration/testenv"
 )
 
@@ -30,22 +28,23 @@ func TestRenewalTrustsOnlyTheBrokersIssuingCAs(t *testing.T) {
 	meshCA := root.NewIntermediate(t, "mesh issuing CA")
 	otherTeam := root.NewIntermediate(t, "another team's CA")
 	nextMeshCA := root.NewIntermediate(t, "mesh issuing CA 2")
-	iss, err := devissuer.New(devissuer.DefaultIssuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks := backendtest.WriteFile(t, "jwks.json", mustJWKS(t, iss))
-	tok, _ := iss.Token("shop", "cart", []string{"istio-ca"}, time.Hour)
+	kube := testenv.StartKube(t)
+	kube.CreateNamespace(t, "shop")
+	kube.CreateServiceAccount(t, "shop", "cart")
+	kube.CreatePod(t, "shop", "cart-0", "cart")
 	dataDir := t.TempDir()
 	start := func(issuing *testenv.CA) *broker.Broker {
-		return startBroker(t, nil, func(c *config.Config) {
+		return startBroker(t, kube, func(c *config.Config) {
 			c.DataDir = dataDir
 			c.Backend = config.Backend{Type: "local", Settings: backendSettings(t, map[string]any{"caCertsDir": testenv.WriteCACerts(t, issuing, root)})}
-			c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwks}}
 		})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	tok, err := kube.Token(ctx, "shop", "cart", []string{"istio-ca"}, time.Hour, "cart-0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	issueWithToken := func(b *broker.Broker) *tls.Certificate {
 		t.Helper()
 		key, _ := caclient.NewKey(true)

@@ -196,6 +196,9 @@ func (p *Policy) Authorize(id *authn.Identity, req Request) (*Decision, error) {
 		return nil, err
 	}
 	now := p.now().Truncate(time.Second)
+	if granted, err = capped(id, now, granted); err != nil {
+		return nil, err
+	}
 	return &Decision{
 		ID:        id.ID,
 		CSR:       csr,
@@ -523,6 +526,25 @@ func (p *Policy) lifetime(seconds int64) (requested, granted time.Duration, err 
 		return requested, p.cfg.MinTTL, nil
 	}
 	return requested, requested, nil
+}
+
+// minRenewal is the shortest certificate a renewal within the presented
+// certificate's lifetime is worth issuing.
+const minRenewal = time.Minute
+
+// capped shortens a lifetime to what the credential allows (id.NotAfter:
+// a renewal by certificate never outlives the certificate presented). The
+// bound wins over minTTL: it is a security bound, minTTL an operational
+// one.
+func capped(id *authn.Identity, now time.Time, granted time.Duration) (time.Duration, error) {
+	if id.NotAfter.IsZero() {
+		return granted, nil
+	}
+	left := id.NotAfter.Truncate(time.Second).Sub(now)
+	if left < minRenewal {
+		return 0, fmt.Errorf("%w: the presented certificate expires at %s; renewal by certificate cannot extend it, so authenticate with the service-account token", ErrDenied, id.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return min(granted, left), nil
 }
 
 func isString(v *structpb.Value) bool {

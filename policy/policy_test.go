@@ -526,3 +526,47 @@ func FuzzAuthorize(f *testing.F) {
 		}
 	})
 }
+
+// TestRenewalNeverOutlivesThePresentedCertificate: an identity whose
+// credential carries a NotAfter (renewal by certificate) gets at most
+// that, whatever it asks and whatever minTTL says; too little left is
+// refused, naming the way out.
+func TestRenewalNeverOutlivesThePresentedCertificate(t *testing.T) {
+	p := newPolicy(t, nil)
+	fixed := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	p.now = func() time.Time { return fixed }
+	cases := []struct {
+		name      string
+		notAfter  time.Time
+		seconds   int64
+		wantUntil time.Time
+		wantErr   string
+	}{
+		{"no bound", time.Time{}, 7200, fixed.Add(2 * time.Hour), ""},
+		{"bound later than asked", fixed.Add(5 * time.Hour), 7200, fixed.Add(2 * time.Hour), ""},
+		{"bound earlier than asked", fixed.Add(30 * time.Minute), 7200, fixed.Add(30 * time.Minute), ""},
+		{"bound wins over minTTL", fixed.Add(3 * time.Minute), 60, fixed.Add(3 * time.Minute), ""},
+		{"sub-second part of the bound dropped", fixed.Add(30*time.Minute + 900*time.Millisecond), 7200, fixed.Add(30 * time.Minute), ""},
+		{"less than a minute left", fixed.Add(59 * time.Second), 7200, time.Time{}, "service-account token"},
+		{"already past", fixed.Add(-time.Hour), 7200, time.Time{}, "cannot extend"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id := identity()
+			id.NotAfter = tc.notAfter
+			d, err := p.Authorize(id, Request{CSRPEM: csrPEM(t, ecKey, &x509.CertificateRequest{URIs: uris(caller)}), ValiditySeconds: tc.seconds})
+			if tc.wantErr != "" {
+				if !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want ErrDenied containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !d.Template.NotAfter.Equal(tc.wantUntil) || d.Granted != tc.wantUntil.Sub(fixed) {
+				t.Fatalf("NotAfter %s granted %s, want %s", d.Template.NotAfter, d.Granted, tc.wantUntil)
+			}
+		})
+	}
+}

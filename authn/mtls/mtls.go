@@ -15,11 +15,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/cluster"
+	"github.com/meshca/broker/verify"
 )
 
 // maxChain bounds what a client may make the broker parse and verify.
@@ -38,27 +41,54 @@ type Config struct {
 	Anchors func(ctx context.Context) ([]*x509.Certificate, error)
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
-	// ServiceAccountExists, if set, is asked whether the certificate's
-	// service account still exists in some cluster the broker knows, so
-	// that a deleted workload cannot keep renewing until its certificate
-	// runs out. It returns the cluster that has it; decided is false when
-	// no cluster's view is current enough to say (the caller is then told
-	// to retry).
-	ServiceAccountExists func(ctx context.Context, namespace, name string) (cluster string, exists, decided bool)
+	// Clusters is the live view every renewal is checked against
+	// (required: without one nothing renews).
+	Clusters Clusters
+	// OffCluster are the workloads that run outside every cluster (VMs)
+	// and renew with a fresh lifetime; the others only rotate their key
+	// within the presented certificate's lifetime.
+	OffCluster []Workload
+	// IssuanceSlack is how much later than its NotBefore a certificate
+	// may have been issued: the policy's backdate plus what verification
+	// lets a PKI stray (verify.Slack). Objects created more than this
+	// after a certificate's NotBefore are newer than the certificate.
+	IssuanceSlack time.Duration
 	// IssuedBy, if set, must accept the certificate directly above the
 	// leaf in the verified chain: only what the broker's own issuing CAs
 	// signed renews, not everything else the trust anchor signed.
 	IssuedBy func(issuer *x509.Certificate) bool
 }
 
+// Workload names off-cluster workloads: a namespace and a service
+// account, or "*" for every service account of the namespace.
+type Workload struct{ Namespace, ServiceAccount string }
+
+// ParseWorkload reads "namespace/serviceaccount" or "namespace/*".
+func ParseWorkload(s string) (Workload, error) {
+	ns, sa, ok := strings.Cut(s, "/")
+	if !ok || ns == "" || sa == "" || strings.Contains(sa, "/") {
+		return Workload{}, fmt.Errorf("%q is not <namespace>/<service account> or <namespace>/*", s)
+	}
+	if _, err := authn.WorkloadID(spiffeid.RequireTrustDomainFromString("x"), ns, strings.ReplaceAll(sa, "*", "x")); err != nil || (strings.Contains(sa, "*") && sa != "*") {
+		return Workload{}, fmt.Errorf("%q does not name a valid namespace and service account", s)
+	}
+	return Workload{ns, sa}, nil
+}
+
+func (w Workload) matches(ns, sa string) bool {
+	return w.Namespace == ns && (w.ServiceAccount == "*" || w.ServiceAccount == sa)
+}
+
 // Authenticator implements authn.Authenticator for client certificates.
 type Authenticator struct {
-	primary spiffeid.TrustDomain
-	aliases []spiffeid.TrustDomain
-	anchors func(ctx context.Context) ([]*x509.Certificate, error)
-	now     func() time.Time
-	exists  func(ctx context.Context, namespace, name string) (string, bool, bool)
-	issued  func(*x509.Certificate) bool
+	primary    spiffeid.TrustDomain
+	aliases    []spiffeid.TrustDomain
+	anchors    func(ctx context.Context) ([]*x509.Certificate, error)
+	now        func() time.Time
+	clusters   Clusters
+	offCluster []Workload
+	slack      time.Duration
+	issued     func(*x509.Certificate) bool
 }
 
 var _ authn.Authenticator = (*Authenticator)(nil)
@@ -71,7 +101,14 @@ func New(cfg Config) (*Authenticator, error) {
 	if cfg.Anchors == nil {
 		return nil, errors.New("mtls authenticator: trust anchors are required")
 	}
-	a := &Authenticator{primary: cfg.TrustDomain, anchors: cfg.Anchors, now: cfg.Now, exists: cfg.ServiceAccountExists, issued: cfg.IssuedBy}
+	if cfg.Clusters == nil {
+		return nil, errors.New("mtls authenticator: renewal is checked against the live cluster view, and none is configured (Kubernetes authentication is off)")
+	}
+	if cfg.IssuanceSlack < 0 {
+		return nil, errors.New("mtls authenticator: negative issuance slack")
+	}
+	a := &Authenticator{primary: cfg.TrustDomain, anchors: cfg.Anchors, now: cfg.Now, clusters: cfg.Clusters,
+		offCluster: slices.Clone(cfg.OffCluster), slack: cfg.IssuanceSlack, issued: cfg.IssuedBy}
 	for _, td := range cfg.Aliases {
 		if td.IsZero() {
 			return nil, errors.New("mtls authenticator: empty trust domain alias")
@@ -163,25 +200,106 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 	if err != nil {
 		return nil, fmt.Errorf("client certificate %s: %w", serial, err)
 	}
-	var cluster string
-	if a.exists != nil {
-		c, exists, decided := a.exists(ctx, ns, sa)
-		switch {
-		case !decided:
-			return nil, fmt.Errorf("%w: client certificate %s: cannot tell whether service account %s/%s still exists (no cluster's API server answered)", authn.ErrUnavailable, serial, ns, sa)
-		case !exists:
-			return nil, fmt.Errorf("%w: client certificate %s: service account %s/%s no longer exists in any known cluster", authn.ErrDenied, serial, ns, sa)
-		}
-		cluster = c
+	// What made the identity valid must still hold, in a live view of a
+	// cluster: the certificate says nothing else the broker could trust.
+	offCluster := slices.ContainsFunc(a.offCluster, func(w Workload) bool { return w.matches(ns, sa) })
+	clusterID, err := a.backing(ns, sa, leaf.NotBefore.Add(a.slack), offCluster)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate %s: %w", serial, err)
 	}
-	return &authn.Identity{
+	ident := &authn.Identity{
 		ID:             primaryID,
 		Namespace:      ns,
 		ServiceAccount: sa,
-		Cluster:        cluster,
+		Cluster:        clusterID,
 		Subject:        serial,
-	}, nil
+	}
+	if !offCluster {
+		// Key rotation only: what a token granted ends when its last
+		// certificate does, however often that is renewed. The margin
+		// keeps a PKI that rounds NotAfter up (verify.Slack) within it.
+		ident.NotAfter = leaf.NotAfter.Add(-verify.Slack)
+	}
+	return ident, nil
 }
+
+// backing returns the cluster whose live view still backs a certificate
+// for ns/sa issued no later than issuedBy: the service account exists and
+// is not newer than the certificate (a recreated one is another account)
+// and, for a Kubernetes workload, a pod of it that is neither terminated
+// nor being deleted, not newer than the certificate and not older than
+// the service account (so a recreated account is seen whenever it
+// happened, not only outside the issuance slack). A cluster
+// whose view is not current cannot back anything; when no current view
+// backs it but some view is not current, the answer is Unavailable
+// (retrying may help), never a guess.
+func (a *Authenticator) backing(ns, sa string, issuedBy time.Time, offCluster bool) (string, error) {
+	var stale bool
+	var why []string
+	for _, c := range a.clusters.All() {
+		if !c.Synced() {
+			stale = true
+			continue
+		}
+		acct, ok := c.ServiceAccount(ns, sa)
+		switch {
+		case !ok:
+			why = append(why, "the service account does not exist")
+			continue
+		case acct.Created.After(issuedBy):
+			why = append(why, "the service account was created after the certificate was issued (deleted and recreated)")
+			continue
+		case offCluster:
+			return c.Name(), nil
+		}
+		// A pod older than its service account ran as an earlier
+		// account of that name: admission wants the account to exist.
+		if slices.ContainsFunc(c.PodsOf(ns, sa), func(p cluster.Pod) bool {
+			return !p.Terminated && !p.Deleting && !p.Created.After(issuedBy) && !p.Created.Before(acct.Created)
+		}) {
+			return c.Name(), nil
+		}
+		why = append(why, "no running pod of it is older than the certificate and newer than the service account")
+	}
+	if stale {
+		return "", fmt.Errorf("%w: cannot tell whether service account %s/%s still backs the certificate (a cluster's view is not current)", authn.ErrUnavailable, ns, sa)
+	}
+	if len(why) == 0 {
+		why = append(why, "no cluster to check it against")
+	}
+	slices.Sort(why)
+	return "", fmt.Errorf("%w: service account %s/%s no longer backs the certificate: %s", authn.ErrDenied, ns, sa, strings.Join(slices.Compact(why), "; "))
+}
+
+// Clusters is the live view of every cluster served.
+type Clusters interface {
+	All() []Cluster
+}
+
+// Cluster is what renewal checks need of one cluster.
+type Cluster interface {
+	Name() string
+	Synced() bool
+	ServiceAccount(namespace, name string) (cluster.ServiceAccount, bool)
+	PodsOf(namespace, serviceAccount string) []cluster.Pod
+}
+
+// Registry adapts a cluster.Registry.
+type Registry struct{ R *cluster.Registry }
+
+// All implements Clusters.
+func (r Registry) All() []Cluster {
+	all := r.R.All()
+	out := make([]Cluster, len(all))
+	for i, c := range all {
+		out[i] = view{c}
+	}
+	return out
+}
+
+type view struct{ *cluster.Cluster }
+
+func (v view) Name() string { return v.ID }
 
 func aliasList(aliases []spiffeid.TrustDomain) string {
 	if len(aliases) == 0 {

@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/broker/authn"
+	"github.com/meshca/broker/cluster"
 )
 
 var (
@@ -177,6 +178,7 @@ func TestAuthenticate(t *testing.T) {
 				Aliases:     []spiffeid.TrustDomain{alias},
 				Anchors:     func(context.Context) ([]*x509.Certificate, error) { return []*x509.Certificate{root.cert}, nil },
 				Now:         func() time.Time { return now },
+				Clusters:    backed(),
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -210,7 +212,7 @@ func TestAnchors(t *testing.T) {
 	leaf := newLeaf(t, root)
 	var anchors []*x509.Certificate
 	var anchorsErr error
-	a, err := New(Config{TrustDomain: primary, Now: func() time.Time { return now },
+	a, err := New(Config{TrustDomain: primary, Now: func() time.Time { return now }, Clusters: backed(),
 		Anchors: func(context.Context) ([]*x509.Certificate, error) { return anchors, anchorsErr }})
 	if err != nil {
 		t.Fatal(err)
@@ -243,16 +245,19 @@ func TestAnchors(t *testing.T) {
 
 func TestConfig(t *testing.T) {
 	anchors := func(context.Context) ([]*x509.Certificate, error) { return nil, nil }
-	if _, err := New(Config{Anchors: anchors}); err == nil {
+	if _, err := New(Config{Anchors: anchors, Clusters: backed()}); err == nil {
 		t.Fatal("no trust domain accepted")
 	}
-	if _, err := New(Config{TrustDomain: primary}); err == nil {
+	if _, err := New(Config{TrustDomain: primary, Clusters: backed()}); err == nil {
 		t.Fatal("no anchors accepted")
 	}
-	if _, err := New(Config{TrustDomain: primary, Anchors: anchors, Aliases: []spiffeid.TrustDomain{{}}}); err == nil {
+	if _, err := New(Config{TrustDomain: primary, Anchors: anchors}); err == nil || !strings.Contains(err.Error(), "live cluster view") {
+		t.Fatalf("no cluster view accepted: %v", err)
+	}
+	if _, err := New(Config{TrustDomain: primary, Anchors: anchors, Clusters: backed(), Aliases: []spiffeid.TrustDomain{{}}}); err == nil {
 		t.Fatal("empty alias accepted")
 	}
-	a, err := New(Config{TrustDomain: primary, Anchors: anchors, Aliases: []spiffeid.TrustDomain{primary, alias, alias}})
+	a, err := New(Config{TrustDomain: primary, Anchors: anchors, Clusters: backed(), Aliases: []spiffeid.TrustDomain{primary, alias, alias}})
 	if err != nil || len(a.aliases) != 1 {
 		t.Fatalf("aliases: %v %v", err, a.aliases)
 	}
@@ -260,7 +265,7 @@ func TestConfig(t *testing.T) {
 
 func TestChain(t *testing.T) {
 	root := newCA(t, "root", nil)
-	a, err := New(Config{TrustDomain: primary, Now: func() time.Time { return now },
+	a, err := New(Config{TrustDomain: primary, Now: func() time.Time { return now }, Clusters: backed(),
 		Anchors: func(context.Context) ([]*x509.Certificate, error) { return []*x509.Certificate{root.cert}, nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -268,5 +273,151 @@ func TestChain(t *testing.T) {
 	id, err := authn.Chain{a}.Authenticate(context.Background(), &authn.Request{PeerCertificates: []*x509.Certificate{newLeaf(t, root)}})
 	if err != nil || id.Method != "mtls" {
 		t.Fatalf("%v %+v", err, id)
+	}
+}
+
+// fakeCluster is a cluster's live view.
+type fakeCluster struct {
+	name   string
+	synced bool
+	sas    map[string]cluster.ServiceAccount
+	pods   []cluster.Pod
+}
+
+func (f *fakeCluster) Name() string { return f.name }
+func (f *fakeCluster) Synced() bool { return f.synced }
+func (f *fakeCluster) ServiceAccount(ns, name string) (cluster.ServiceAccount, bool) {
+	sa, ok := f.sas[ns+"/"+name]
+	return sa, ok
+}
+func (f *fakeCluster) PodsOf(ns, sa string) []cluster.Pod {
+	var out []cluster.Pod
+	for _, p := range f.pods {
+		if p.Namespace == ns && p.ServiceAccount == sa {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+type fakeClusters []*fakeCluster
+
+func (f fakeClusters) All() []Cluster {
+	out := make([]Cluster, len(f))
+	for i, c := range f {
+		out[i] = c
+	}
+	return out
+}
+
+// backed is one synced cluster where team-a/sa1 has existed for a day and
+// runs a pod started a day ago.
+func backed() fakeClusters {
+	return fakeClusters{{name: "c1", synced: true,
+		sas:  map[string]cluster.ServiceAccount{"team-a/sa1": {Namespace: "team-a", Name: "sa1", UID: "sa-1", Created: now.Add(-24 * time.Hour)}},
+		pods: []cluster.Pod{{Name: "p1", Namespace: "team-a", UID: "pod-1", ServiceAccount: "sa1", Node: "n1", Created: now.Add(-24 * time.Hour)}}}}
+}
+
+// TestRenewalIsBackedByTheLiveView: a certificate renews only while what
+// made it valid still holds in a current view of a cluster, and a
+// Kubernetes workload's renewal never outlives the presented certificate.
+func TestRenewalIsBackedByTheLiveView(t *testing.T) {
+	root := newCA(t, "root", nil)
+	// The leaf was issued an hour ago (its NotBefore; slack a minute).
+	leaf := newLeaf(t, root)
+	issued := leaf.NotBefore
+	const slack = time.Minute
+	edit := func(f func(c *fakeCluster)) fakeClusters {
+		cs := backed()
+		f(cs[0])
+		return cs
+	}
+	tests := []struct {
+		name       string
+		clusters   fakeClusters
+		offCluster []Workload
+		wantKind   error
+		wantMsg    string
+		wantCap    bool
+	}{
+		{name: "pod and service account older than the certificate", clusters: backed(), wantCap: true},
+		{name: "pod started just before issuance, within the slack", clusters: edit(func(c *fakeCluster) { c.pods[0].Created = issued.Add(slack) }), wantCap: true},
+		{name: "pod deleted", clusters: edit(func(c *fakeCluster) { c.pods = nil }), wantKind: authn.ErrDenied, wantMsg: "no running pod of it is older than the certificate"},
+		{name: "pod being deleted", clusters: edit(func(c *fakeCluster) { c.pods[0].Deleting = true }), wantKind: authn.ErrDenied, wantMsg: "no running pod"},
+		{name: "pod terminated", clusters: edit(func(c *fakeCluster) { c.pods[0].Terminated = true }), wantKind: authn.ErrDenied, wantMsg: "no running pod"},
+		{name: "only a newer pod (another replica started after the certificate)", clusters: edit(func(c *fakeCluster) {
+			c.pods[0].Created = issued.Add(slack + time.Second)
+		}), wantKind: authn.ErrDenied, wantMsg: "no running pod"},
+		{name: "service account recreated even within the slack: the pod is older than it", clusters: edit(func(c *fakeCluster) {
+			c.sas["team-a/sa1"] = cluster.ServiceAccount{Namespace: "team-a", Name: "sa1", UID: "sa-2", Created: issued.Add(time.Second)}
+		}), wantKind: authn.ErrDenied, wantMsg: "newer than the service account"},
+		{name: "service account deleted", clusters: edit(func(c *fakeCluster) { delete(c.sas, "team-a/sa1") }), wantKind: authn.ErrDenied, wantMsg: "does not exist"},
+		{name: "service account recreated after the certificate", clusters: edit(func(c *fakeCluster) {
+			c.sas["team-a/sa1"] = cluster.ServiceAccount{Namespace: "team-a", Name: "sa1", UID: "sa-2", Created: issued.Add(slack + time.Second)}
+		}), wantKind: authn.ErrDenied, wantMsg: "deleted and recreated"},
+		{name: "view not current", clusters: edit(func(c *fakeCluster) { c.synced = false }), wantKind: authn.ErrUnavailable, wantMsg: "not current"},
+		{name: "no cluster at all", clusters: fakeClusters{}, wantKind: authn.ErrDenied, wantMsg: "no cluster"},
+		{name: "one current cluster backs it while another is stale", clusters: append(backed(), &fakeCluster{name: "c2"}), wantCap: true},
+		{name: "gone from the current cluster, another is stale: cannot tell", clusters: append(edit(func(c *fakeCluster) { c.pods = nil }), &fakeCluster{name: "c2"}),
+			wantKind: authn.ErrUnavailable},
+		{name: "off-cluster workload: no pod needed, fresh lifetime", clusters: edit(func(c *fakeCluster) { c.pods = nil }),
+			offCluster: []Workload{{"team-a", "*"}}},
+		{name: "off-cluster workload whose service account was recreated", offCluster: []Workload{{"team-a", "sa1"}}, clusters: edit(func(c *fakeCluster) {
+			c.sas["team-a/sa1"] = cluster.ServiceAccount{Namespace: "team-a", Name: "sa1", UID: "sa-2", Created: now}
+		}), wantKind: authn.ErrDenied, wantMsg: "deleted and recreated"},
+		{name: "another namespace's off-cluster entry does not apply", offCluster: []Workload{{"team-b", "*"}}, clusters: edit(func(c *fakeCluster) { c.pods = nil }),
+			wantKind: authn.ErrDenied},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := New(Config{TrustDomain: primary, Now: func() time.Time { return now }, Clusters: tc.clusters,
+				OffCluster: tc.offCluster, IssuanceSlack: slack,
+				Anchors: func(context.Context) ([]*x509.Certificate, error) { return []*x509.Certificate{root.cert}, nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := a.Authenticate(context.Background(), &authn.Request{PeerCertificates: []*x509.Certificate{leaf}})
+			if tc.wantKind != nil {
+				if !errors.Is(err, tc.wantKind) || !strings.Contains(err.Error(), tc.wantMsg) {
+					t.Fatalf("err = %v, want %v containing %q", err, tc.wantKind, tc.wantMsg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id.Cluster != "c1" {
+				t.Fatalf("cluster = %q, want c1", id.Cluster)
+			}
+			switch {
+			case tc.wantCap && !id.NotAfter.Equal(leaf.NotAfter.Add(-2*time.Minute)):
+				t.Fatalf("NotAfter cap = %s, want the leaf's %s less verification's slack", id.NotAfter, leaf.NotAfter)
+			case !tc.wantCap && !id.NotAfter.IsZero():
+				t.Fatalf("off-cluster workload capped at %s", id.NotAfter)
+			}
+		})
+	}
+}
+
+func TestParseWorkload(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Workload
+		ok   bool
+	}{
+		{"vms/billing", Workload{"vms", "billing"}, true},
+		{"vms/*", Workload{"vms", "*"}, true},
+		{"vms", Workload{}, false},
+		{"/billing", Workload{}, false},
+		{"vms/", Workload{}, false},
+		{"vms/a/b", Workload{}, false},
+		{"vms/bill*", Workload{}, false},
+		{"*/billing", Workload{}, false},
+		{"VMs/billing", Workload{}, false},
+	} {
+		got, err := ParseWorkload(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseWorkload(%q) = %+v, %v; want %+v ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
 	}
 }
