@@ -116,7 +116,7 @@ func (c *Checker) Resolve(caller *authn.Identity, md *structpb.Struct) (*authn.I
 	}
 	agent := NodeAgent{caller.Namespace, caller.ServiceAccount}
 	if !slices.Contains(c.cfg.NodeAgents, agent) {
-		return nil, fmt.Errorf("%w: %s asks for %s, but only node agents (%s) may ask for another identity", ErrDenied, caller.ID, want, c.agentList())
+		return nil, fmt.Errorf("%w: %s asks for %q, but only node agents (%s) may ask for another identity", ErrDenied, caller.ID, want, c.agentList())
 	}
 	if caller.PodName == "" {
 		return nil, fmt.Errorf("%w: node agent %s authenticated without a pod-bound token (method %s), so its node is unknown", ErrDenied, caller.ID, caller.Method)
