@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -105,4 +106,45 @@ func applyManifest(t testing.TB, kube *testenv.Kube, path string, dryRun bool) [
 		out = append(out, obj)
 	}
 	return out
+}
+
+// TestDeployRBACNamesWhatTheBrokerWrites: applied for real, deploy/'s RBAC
+// lets the broker's service account update istiod's Secret and its own
+// Lease, and no other Secret or Lease in its namespace, while it still
+// reads remote secrets (the API server's own authorizer decides).
+func TestDeployRBACNamesWhatTheBrokerWrites(t *testing.T) {
+	kube := testenv.StartKube(t)
+	kube.CreateNamespace(t, "istio-system")
+	applyManifest(t, kube, "../deploy/broker.yaml", false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	user := "system:serviceaccount:istio-system:meshca-broker"
+	for _, tc := range []struct {
+		verb, group, resource, name string
+		allowed                     bool
+	}{
+		{"update", "", "secrets", "istiod-tls", true},
+		{"update", "", "secrets", "istio-ca-secret", false},
+		{"update", "", "secrets", "cacerts", false},
+		{"create", "", "secrets", "", true},
+		{"list", "", "secrets", "", true},
+		{"watch", "", "secrets", "", true},
+		{"delete", "", "secrets", "istiod-tls", false},
+		{"get", "coordination.k8s.io", "leases", "meshca-broker", true},
+		{"update", "coordination.k8s.io", "leases", "meshca-broker", true},
+		{"update", "coordination.k8s.io", "leases", "istio-leader", false},
+		{"create", "coordination.k8s.io", "leases", "", true},
+	} {
+		sar, err := kube.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:               user,
+			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: "istio-system", Verb: tc.verb, Group: tc.group, Resource: tc.resource, Name: tc.name},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sar.Status.Allowed != tc.allowed {
+			t.Errorf("%s %s/%s %q: allowed=%v, want %v (%s)", tc.verb, tc.group, tc.resource, tc.name, sar.Status.Allowed, tc.allowed, sar.Status.Reason)
+		}
+	}
 }
