@@ -53,7 +53,7 @@ type Cache struct {
 	signer backends.Signer
 	now    func() time.Time
 
-	mu      sync.Mutex
+	mu       sync.Mutex
 	entries  map[key]*entry
 	order    []key // finished entries, oldest first
 	inFlight int
