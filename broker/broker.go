@@ -170,7 +170,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		// restarting pod has no ticket to offer.
 		SessionTicketsDisabled: true,
 	}
+	streams := &connlimit.Streams{Max: int64(lim.MaxStreams), MaxAge: lim.MaxStreamAge.Duration, Refused: func() { metrics.Refused("streams_total") }}
 	gs := grpc.NewServer(append(transportOptions(lim),
+		grpc.InTapHandle(streams.Tap),
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)...)

@@ -77,6 +77,12 @@ type Limits struct {
 	// 512); -1 is no bound.
 	MaxConnections      int `json:"maxConnections,omitempty"`
 	MaxConnectionsPerIP int `json:"maxConnectionsPerIP,omitempty"`
+	// MaxStreams bounds the requests open across all connections (default
+	// 4096), each from its headers on; MaxStreamAge how long one may stay
+	// open (default 2m, above signTimeout), so that streams whose body
+	// never comes do not hold their slot.
+	MaxStreams   int      `json:"maxStreams,omitempty"`
+	MaxStreamAge Duration `json:"maxStreamAge,omitempty"`
 	// Issuance bounds new PKI signings.
 	Issuance IssuanceLimits `json:"issuance,omitempty"`
 }
@@ -355,6 +361,8 @@ func (c *Config) ApplyDefaults() {
 	defI(&c.Limits.MaxConcurrentStreams, 256)
 	defI(&c.Limits.MaxConnections, 8192)
 	defI(&c.Limits.MaxConnectionsPerIP, 512)
+	defI(&c.Limits.MaxStreams, 4096)
+	defD(&c.Limits.MaxStreamAge, 2*time.Minute)
 	defI(&c.Limits.Issuance.Burst, 500)
 	defD(&c.Limits.Issuance.Refill, time.Second)
 	defI(&c.Limits.Issuance.MaxIdentities, 65536)
@@ -485,6 +493,9 @@ func (c *Config) Validate() error {
 		bad("signTimeout", "%s is outside (0, 5m]", c.SignTimeout)
 	}
 	c.Limits.validate(bad)
+	if c.Limits.MaxStreamAge.Duration <= c.SignTimeout.Duration {
+		bad("limits.maxStreamAge", "%s is not above signTimeout (%s)", c.Limits.MaxStreamAge, c.SignTimeout)
+	}
 	if c.TLS.TTL.Duration < 10*time.Minute {
 		bad("tls.ttl", "%s is shorter than 10m", c.TLS.TTL)
 	}
@@ -580,6 +591,9 @@ func (l *Limits) validate(bad func(key, format string, args ...any)) {
 	}
 	if l.MaxConnections > 0 && l.MaxConnectionsPerIP > l.MaxConnections {
 		bad("limits.maxConnectionsPerIP", "%d is above limits.maxConnections (%d)", l.MaxConnectionsPerIP, l.MaxConnections)
+	}
+	if l.MaxStreams < 1 {
+		bad("limits.maxStreams", "%d: want at least 1", l.MaxStreams)
 	}
 	if l.Issuance.Burst < 1 {
 		bad("limits.issuance.burst", "%d: want at least 1", l.Issuance.Burst)

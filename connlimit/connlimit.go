@@ -1,4 +1,7 @@
-// Package connlimit bounds the connections a listener holds open: in all,
+// Package connlimit bounds what clients hold open: connections in all and
+// per source IP (a net.Listener), and gRPC streams in all (a tap handle).
+//
+// The listener bounds the connections a listener holds open: in all,
 // and per source IP, so that one peer cannot take every slot. A connection
 // beyond a bound is closed as soon as it is accepted, before its TLS
 // handshake costs anything; the client sees the connection reset and
