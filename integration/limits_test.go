@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/broker/backends/backendtest"
 	"github.com/meshca/broker/broker"
@@ -190,6 +192,23 @@ read:
 	}
 }
 
+// metricLine is the broker's metrics line containing match.
+func metricLine(t testing.TB, b *broker.Broker, match string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + b.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.Contains(line, match) && !strings.HasPrefix(line, "#") {
+			return line
+		}
+	}
+	return "no " + match
+}
+
 func heapInuse() uint64 {
 	runtime.GC()
 	var m runtime.MemStats
@@ -234,17 +253,37 @@ func TestMemoryUnderHostileConnections(t *testing.T) {
 			time.Sleep(2 * time.Second)
 			held := heapInuse()
 			grew := float64(held-min(base, held)) / (1 << 20)
-			t.Logf("N=%d connections x %d streams (headers %d bytes each): broker heap in use %.1f MiB -> %.1f MiB (+%.1f MiB, %.1f KiB a connection); goroutines %d",
-				n, lim.MaxConcurrentStreams, len(block), float64(base)/(1<<20), float64(held)/(1<<20), grew, grew*1024/float64(n), runtime.NumGoroutine())
-			// The broker still serves a real client meanwhile.
+			t.Logf("N=%d connections x %d streams (header list %d bytes, HPACK block %d): broker heap in use %.1f MiB -> %.1f MiB (+%.1f MiB); goroutines %d; %s",
+				n, lim.MaxConcurrentStreams, lim.MaxHeaderListBytes-600+200, len(block), float64(base)/(1<<20), float64(held)/(1<<20), grew, runtime.NumGoroutine(), metricLine(t, b, `limit="streams_total"`))
+			// Bounded by maxStreams whatever N: at 16 KiB of headers and a
+			// goroutine a stream, 4096 streams stay well under 256 MiB.
+			if limit := 256.0; grew > limit {
+				t.Errorf("heap grew %.1f MiB under %d hostile connections, more than %.0f MiB", grew, n, limit)
+			}
+			// While the hostile streams hold every slot, a real client is
+			// refused at once with ResourceExhausted (retryable), and
+			// served as soon as they go (closed, or at limits.maxStreamAge).
 			key, _ := caclient.NewKey(true)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if _, err := dial(t, b, nil).CreateCertificate(ctx, caclient.Request{Key: key, SPIFFEID: cartID, Token: tok, TTL: time.Hour}); err != nil {
-				t.Errorf("a real request under the hostile load: %v", err)
+			client := dial(t, b, nil)
+			req := caclient.Request{Key: key, SPIFFEID: cartID, Token: tok, TTL: time.Hour}
+			_, err := client.CreateCertificate(ctx, req)
+			t.Logf("a real request under the hostile load: %v", err)
+			if err != nil && status.Code(err) != codes.ResourceExhausted {
+				t.Errorf("a real request under the hostile load: %v, want success or ResourceExhausted", err)
 			}
 			for _, h := range conns {
 				h.c.Close()
+			}
+			for {
+				if _, err = client.CreateCertificate(ctx, req); err == nil || ctx.Err() != nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil {
+				t.Fatalf("after the hostile connections closed: %v", err)
 			}
 		})
 	}
