@@ -31,9 +31,12 @@ import (
 	"github.com/meshca/broker/authn/kube"
 	"github.com/meshca/broker/authn/mtls"
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/budget"
 	"github.com/meshca/broker/cluster"
 	"github.com/meshca/broker/config"
+	"github.com/meshca/broker/connlimit"
 	"github.com/meshca/broker/impersonation"
+	"github.com/meshca/broker/issuance"
 	"github.com/meshca/broker/istiodcert"
 	"github.com/meshca/broker/leader"
 	"github.com/meshca/broker/policy"
@@ -123,7 +126,18 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	if err != nil {
 		return nil, err
 	}
+	lim := cfg.Limits
+	idBudget, err := budget.New(budget.Config{Burst: lim.Issuance.Burst, Refill: lim.Issuance.Refill.Duration, MaxKeys: lim.Issuance.MaxIdentities})
+	if err != nil {
+		return nil, fmt.Errorf("limits.issuance: %w", err)
+	}
+	metrics := server.NewMetrics(reg)
 	srv, err := server.New(server.Config{
+		Budget: idBudget,
+		Issuance: issuance.New(signer, issuance.Config{
+			SignTimeout: max(time.Minute, cfg.SignTimeout.Duration),
+			MaxInFlight: lim.Issuance.MaxInFlight,
+		}),
 		Impersonation: imp,
 		Authenticator: authenticator,
 		Policy:        pol,
@@ -132,7 +146,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		Issuers:       issuers,
 		SignTimeout:   cfg.SignTimeout.Duration,
 		Logger:        log,
-		Metrics:       server.NewMetrics(reg),
+		Metrics:       metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -157,7 +171,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		// restarting pod has no ticket to offer.
 		SessionTicketsDisabled: true,
 	}
-	gs := grpc.NewServer(append(transportOptions(),
+	streams := &connlimit.Streams{Max: int64(lim.MaxStreams), MaxAge: lim.MaxStreamAge.Duration, Refused: func() { metrics.Refused("streams_total") }}
+	gs := grpc.NewServer(append(transportOptions(lim),
+		grpc.InTapHandle(streams.Tap),
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)...)
@@ -169,6 +185,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 			return nil, fmt.Errorf("listen: %w", err)
 		}
 	}
+	cl := connlimit.New(lis, lim.MaxConnections, lim.MaxConnectionsPerIP)
+	cl.Refused = func(limit string) { metrics.Refused("connections_" + limit) }
+	lis = cl
 	parts := &runner.Group{Log: log}
 	if *cfg.LeaderElection.Enabled {
 		el, err := leader.New(leader.Config{
@@ -476,9 +495,21 @@ func authenticators(cfg *config.Config, anchors *trust.Bundle, issuers *trust.Is
 // brings: thousands of short connections, each carrying one request of a
 // few kilobytes. gRPC's defaults are made for long streams of large
 // messages; each costs here on every connection.
-func transportOptions() []grpc.ServerOption {
+func transportOptions(lim config.Limits) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxRequestSize),
+		// grpc-go's default is 16 MiB of headers per stream, which an
+		// unauthenticated client can send on every stream; the broker
+		// reads a token of about 1 KiB and a cluster ID. A larger header
+		// list is refused by the transport before any handler runs.
+		grpc.MaxHeaderListSize(uint32(lim.MaxHeaderListBytes)),
+		// Unbounded by default. ztunnel sends the requests of every pod on
+		// its node over one connection (110 pods a node by default), and
+		// a client beyond the bound queues its streams, it does not fail.
+		grpc.MaxConcurrentStreams(uint32(lim.MaxConcurrentStreams)),
+		// A connection that has not finished its TLS handshake within
+		// this is closed (grpc-go's default is 120s).
+		grpc.ConnectionTimeout(10 * time.Second),
 		// Reading 32 KiB at a time buys nothing for a request this small,
 		// and the buffer is allocated for every connection.
 		grpc.ReadBufferSize(16 << 10),

@@ -62,6 +62,45 @@ type Config struct {
 	Policy         Policy         `json:"policy,omitempty"`
 	Backend        Backend        `json:"backend,omitempty"`
 	Log            Log            `json:"log,omitempty"`
+	Limits         Limits         `json:"limits,omitempty"`
+}
+
+// Limits bound what one client, or all of them, can make the broker hold
+// or spend.
+type Limits struct {
+	// MaxHeaderListBytes bounds a request's headers, as HTTP/2 counts
+	// them (default 16 KiB: a service-account token is about 1 KiB).
+	MaxHeaderListBytes int `json:"maxHeaderListBytes,omitempty"`
+	// MaxConcurrentStreams per connection (default 256: ztunnel sends the
+	// requests of every pod on its node over one connection).
+	MaxConcurrentStreams int `json:"maxConcurrentStreams,omitempty"`
+	// MaxConnections in all (default 8192) and per source IP (default
+	// 512); -1 is no bound.
+	MaxConnections      int `json:"maxConnections,omitempty"`
+	MaxConnectionsPerIP int `json:"maxConnectionsPerIP,omitempty"`
+	// MaxStreams bounds the requests open across all connections (default
+	// 4096), each from its headers on; MaxStreamAge how long one may stay
+	// open (default 2m, above signTimeout), so that streams whose body
+	// never comes do not hold their slot.
+	MaxStreams   int      `json:"maxStreams,omitempty"`
+	MaxStreamAge Duration `json:"maxStreamAge,omitempty"`
+	// Issuance bounds new PKI signings.
+	Issuance IssuanceLimits `json:"issuance,omitempty"`
+}
+
+// IssuanceLimits: a token bucket per identity (cluster and SPIFFE ID) and
+// a bound on signings in flight.
+type IssuanceLimits struct {
+	// Burst is how many new certificates one identity gets at once
+	// (default 500: every replica of a Deployment shares its identity).
+	Burst int `json:"burst,omitempty"`
+	// Refill is the time one more certificate takes to come back (default 1s).
+	Refill Duration `json:"refill,omitempty"`
+	// MaxIdentities bounds the identities tracked (default 65536).
+	MaxIdentities int `json:"maxIdentities,omitempty"`
+	// MaxInFlight bounds the signings under way, also those whose caller
+	// has left (default 512).
+	MaxInFlight int `json:"maxInFlight,omitempty"`
 }
 
 // TLS is the serving certificate.
@@ -323,6 +362,21 @@ func (c *Config) ApplyDefaults() {
 	def(&c.TrustDomain, "cluster.local")
 	def(&c.ClusterID, "Kubernetes")
 	defD(&c.SignTimeout, 10*time.Second)
+	defI := func(i *int, v int) {
+		if *i == 0 {
+			*i = v
+		}
+	}
+	defI(&c.Limits.MaxHeaderListBytes, 16<<10)
+	defI(&c.Limits.MaxConcurrentStreams, 256)
+	defI(&c.Limits.MaxConnections, 8192)
+	defI(&c.Limits.MaxConnectionsPerIP, 512)
+	defI(&c.Limits.MaxStreams, 4096)
+	defD(&c.Limits.MaxStreamAge, 2*time.Minute)
+	defI(&c.Limits.Issuance.Burst, 500)
+	defD(&c.Limits.Issuance.Refill, time.Second)
+	defI(&c.Limits.Issuance.MaxIdentities, 65536)
+	defI(&c.Limits.Issuance.MaxInFlight, 512)
 	defD(&c.TrustAnchorsRefresh, 5*time.Minute)
 	if len(c.TLS.DNSNames) == 0 {
 		c.TLS.DNSNames = append([]string(nil), DefaultDNSNames...)
@@ -448,6 +502,10 @@ func (c *Config) Validate() error {
 	if c.SignTimeout.Duration <= 0 || c.SignTimeout.Duration > 5*time.Minute {
 		bad("signTimeout", "%s is outside (0, 5m]", c.SignTimeout)
 	}
+	c.Limits.validate(bad)
+	if c.Limits.MaxStreamAge.Duration <= c.SignTimeout.Duration {
+		bad("limits.maxStreamAge", "%s is not above signTimeout (%s)", c.Limits.MaxStreamAge, c.SignTimeout)
+	}
 	if c.TLS.TTL.Duration < 10*time.Minute {
 		bad("tls.ttl", "%s is shorter than 10m", c.TLS.TTL)
 	}
@@ -534,4 +592,40 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (l *Limits) validate(bad func(key, format string, args ...any)) {
+	// Below 4 KiB a real token with its headers would not fit; above 1 MiB
+	// the bound no longer bounds memory (authn/kube refuses tokens over
+	// 64 KiB anyway).
+	if l.MaxHeaderListBytes < 4<<10 || l.MaxHeaderListBytes > 1<<20 {
+		bad("limits.maxHeaderListBytes", "%d is outside [4096, 1048576]", l.MaxHeaderListBytes)
+	}
+	if l.MaxConcurrentStreams < 16 || l.MaxConcurrentStreams > 65536 {
+		bad("limits.maxConcurrentStreams", "%d is outside [16, 65536] (ztunnel multiplexes its node's requests)", l.MaxConcurrentStreams)
+	}
+	if l.MaxConnections < -1 {
+		bad("limits.maxConnections", "%d: want a positive bound, or -1 for none", l.MaxConnections)
+	}
+	if l.MaxConnectionsPerIP < -1 {
+		bad("limits.maxConnectionsPerIP", "%d: want a positive bound, or -1 for none", l.MaxConnectionsPerIP)
+	}
+	if l.MaxConnections > 0 && l.MaxConnectionsPerIP > l.MaxConnections {
+		bad("limits.maxConnectionsPerIP", "%d is above limits.maxConnections (%d)", l.MaxConnectionsPerIP, l.MaxConnections)
+	}
+	if l.MaxStreams < 1 {
+		bad("limits.maxStreams", "%d: want at least 1", l.MaxStreams)
+	}
+	if l.Issuance.Burst < 1 {
+		bad("limits.issuance.burst", "%d: want at least 1", l.Issuance.Burst)
+	}
+	if l.Issuance.Refill.Duration <= 0 || l.Issuance.Refill.Duration > 24*time.Hour {
+		bad("limits.issuance.refill", "%s is outside (0, 24h]", l.Issuance.Refill)
+	}
+	if l.Issuance.MaxIdentities < 1 {
+		bad("limits.issuance.maxIdentities", "%d: want at least 1", l.Issuance.MaxIdentities)
+	}
+	if l.Issuance.MaxInFlight < 1 {
+		bad("limits.issuance.maxInFlight", "%d: want at least 1", l.Issuance.MaxInFlight)
+	}
 }

@@ -60,6 +60,14 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"no token authenticator", "authn:\n  kubernetes:\n    enabled: false", "authn"},
 		{"bad log level", "log:\n  level: loud", "log.level"},
 		{"short tls ttl", "tls:\n  ttl: 1m", "tls.ttl"},
+		{"tiny header list", "limits:\n  maxHeaderListBytes: 100", "limits.maxHeaderListBytes"},
+		{"too few streams", "limits:\n  maxConcurrentStreams: 1", "limits.maxConcurrentStreams"},
+		{"per-IP above total", "limits:\n  maxConnections: 10\n  maxConnectionsPerIP: 20", "limits.maxConnectionsPerIP"},
+		{"negative connections", "limits:\n  maxConnections: -5", "limits.maxConnections"},
+		{"stream age below sign timeout", "signTimeout: 30s\nlimits:\n  maxStreamAge: 10s", "limits.maxStreamAge"},
+		{"no streams", "limits:\n  maxStreams: -1", "limits.maxStreams"},
+		{"no burst", "limits:\n  issuance:\n    burst: -1", "limits.issuance.burst"},
+		{"refill too slow", "limits:\n  issuance:\n    refill: 48h", "limits.issuance.refill"},
 		{"weak rsa", "policy:\n  keys:\n    rsaMinBits: 1024\n    rsaMaxBits: 4096", "rsaMinBits"},
 	}
 	for _, tc := range cases {

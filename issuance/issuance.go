@@ -14,6 +14,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -32,7 +33,19 @@ type Config struct {
 	SignTimeout time.Duration
 	// MaxEntries bounds the finished issuances kept (default 4096).
 	MaxEntries int
+	// MaxInFlight bounds the signings under way, those whose caller has
+	// left included (default 256). A new signing beyond it is refused at
+	// once with ErrBusy; joining or reusing one is never refused.
+	MaxInFlight int
 }
+
+// ErrBusy refuses a new signing while MaxInFlight are under way.
+var ErrBusy = errors.New("too many certificate signings in flight")
+
+// Admit is asked once before a new signing starts (not when a request
+// joins or reuses one), so that only new PKI signings are charged; an
+// error refuses the signing and is returned from Sign.
+type Admit func() error
 
 // Cache shares signings between identical requests.
 type Cache struct {
@@ -40,9 +53,10 @@ type Cache struct {
 	signer backends.Signer
 	now    func() time.Time
 
-	mu      sync.Mutex
-	entries map[key]*entry
-	order   []key // finished entries, oldest first
+	mu       sync.Mutex
+	entries  map[key]*entry
+	order    []key // finished entries, oldest first
+	inFlight int
 }
 
 type key [sha256.Size]byte
@@ -65,6 +79,9 @@ func New(signer backends.Signer, cfg Config) *Cache {
 	}
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = 4096
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 256
 	}
 	return &Cache{cfg: cfg, signer: signer, now: time.Now, entries: map[key]*entry{}}
 }
@@ -89,7 +106,11 @@ const (
 //
 // If ctx ends before the signing does, Sign returns ctx's error and the
 // signing goes on (bounded by Config.SignTimeout) for a retry to collect.
-func (c *Cache) Sign(ctx context.Context, req *backends.Request) (*backends.Request, []*x509.Certificate, Outcome, error) {
+//
+// A new signing is first counted against MaxInFlight (ErrBusy beyond it)
+// and then admitted by admit (nil: always); a refusal by either starts
+// nothing, and requests that joined it meanwhile get the same error.
+func (c *Cache) Sign(ctx context.Context, req *backends.Request, admit Admit) (*backends.Request, []*x509.Certificate, Outcome, error) {
 	k := keyOf(req)
 	c.mu.Lock()
 	e, outcome := c.entries[k], Joined
@@ -99,13 +120,28 @@ func (c *Cache) Sign(ctx context.Context, req *backends.Request) (*backends.Requ
 		e = nil
 	}
 	if e == nil {
+		if c.inFlight >= c.cfg.MaxInFlight {
+			c.mu.Unlock()
+			return nil, nil, Issued, fmt.Errorf("%w (%d, the limit); retry in a few seconds", ErrBusy, c.cfg.MaxInFlight)
+		}
+		c.inFlight++
 		e, outcome = &entry{req: req, ready: make(chan struct{})}, Issued
 		c.entries[k] = e
-		go c.sign(context.WithoutCancel(ctx), k, e)
 	} else if isDone(e) {
 		outcome = Reused
 	}
 	c.mu.Unlock()
+
+	if outcome == Issued {
+		// Outside the lock: admit is the caller's, and may take its own.
+		if admit != nil {
+			if err := admit(); err != nil {
+				c.finish(k, e, nil, err)
+				return nil, nil, outcome, err
+			}
+		}
+		go c.sign(context.WithoutCancel(ctx), k, e)
+	}
 
 	select {
 	case <-e.ready:
@@ -118,13 +154,26 @@ func (c *Cache) Sign(ctx context.Context, req *backends.Request) (*backends.Requ
 	}
 }
 
+// InFlight is the number of signings under way, for tests and metrics.
+func (c *Cache) InFlight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inFlight
+}
+
 func (c *Cache) sign(ctx context.Context, k key, e *entry) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.SignTimeout)
 	defer cancel()
 	chain, err := c.signer.Sign(ctx, e.req)
+	c.finish(k, e, chain, err)
+}
 
+// finish records a signing's end (or its refusal before it started) and
+// frees its in-flight slot.
+func (c *Cache) finish(k key, e *entry, chain []*x509.Certificate, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.inFlight--
 	e.chain, e.err, e.finished = chain, err, c.now()
 	close(e.ready)
 	if err != nil {

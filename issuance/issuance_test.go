@@ -55,14 +55,14 @@ func TestRetryJoinsTheSigningStillUnderWay(t *testing.T) {
 	// The first attempt gives up before the PKI answers, as the agent's
 	// request does when the PKI is slower than the sign timeout.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	_, _, outcome, err := c.Sign(ctx, first)
+	_, _, outcome, err := c.Sign(ctx, first, nil)
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) || outcome != Issued {
 		t.Fatalf("first attempt: outcome %s, err %v; want issued and a deadline error", outcome, err)
 	}
 	// The retry joins it and gets its certificate, for the first template.
 	retry := retryOf(first, 2*time.Second)
-	got, chain, outcome, err := c.Sign(context.Background(), retry)
+	got, chain, outcome, err := c.Sign(context.Background(), retry, nil)
 	if err != nil || outcome != Joined {
 		t.Fatalf("retry: outcome %s, err %v; want joined", outcome, err)
 	}
@@ -70,7 +70,7 @@ func TestRetryJoinsTheSigningStillUnderWay(t *testing.T) {
 		t.Fatalf("retry got request %p chain %v; want the first request's and certificate 1", got, chain[0].Raw)
 	}
 	// A later retry is served from the finished signing.
-	_, chain, outcome, err = c.Sign(context.Background(), retryOf(first, 3*time.Second))
+	_, chain, outcome, err = c.Sign(context.Background(), retryOf(first, 3*time.Second), nil)
 	if err != nil || outcome != Reused || chain[0].Raw[0] != 1 {
 		t.Fatalf("second retry: outcome %s, err %v", outcome, err)
 	}
@@ -88,7 +88,7 @@ func TestConcurrentIdenticalRequestsShareOneSigning(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, _, _, err := c.Sign(context.Background(), retryOf(req, time.Duration(i)*time.Millisecond)); err != nil {
+			if _, _, _, err := c.Sign(context.Background(), retryOf(req, time.Duration(i)*time.Millisecond), nil); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -124,11 +124,11 @@ func TestDifferentRequestsAreSignedApart(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			signer := &slowSigner{}
 			c := New(signer, Config{})
-			_, a, _, err := c.Sign(context.Background(), req)
+			_, a, _, err := c.Sign(context.Background(), req, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, b, outcome, err := c.Sign(context.Background(), tc.other)
+			got, b, outcome, err := c.Sign(context.Background(), tc.other, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,11 +144,11 @@ func TestFailuresAreNotRemembered(t *testing.T) {
 	signer.fail.Store(true)
 	c := New(signer, Config{})
 	req, _ := backendtest.NewRequest(t, workload, time.Hour)
-	if _, _, _, err := c.Sign(context.Background(), req); err == nil {
+	if _, _, _, err := c.Sign(context.Background(), req, nil); err == nil {
 		t.Fatal("want the PKI's failure")
 	}
 	signer.fail.Store(false)
-	_, _, outcome, err := c.Sign(context.Background(), retryOf(req, time.Second))
+	_, _, outcome, err := c.Sign(context.Background(), retryOf(req, time.Second), nil)
 	if err != nil || outcome != Issued || signer.calls.Load() != 2 {
 		t.Fatalf("retry after a failure: outcome %s err %v calls %d; want a new signing", outcome, err, signer.calls.Load())
 	}
@@ -161,20 +161,100 @@ func TestWindowAndSizeBound(t *testing.T) {
 	clock.Store(time.Now().UnixNano())
 	c.now = func() time.Time { return time.Unix(0, clock.Load()) }
 	req, _ := backendtest.NewRequest(t, workload, time.Hour)
-	if _, _, _, err := c.Sign(context.Background(), req); err != nil {
+	if _, _, _, err := c.Sign(context.Background(), req, nil); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(int64(2 * time.Minute))
-	if _, _, outcome, _ := c.Sign(context.Background(), retryOf(req, 2*time.Minute)); outcome != Issued {
+	if _, _, outcome, _ := c.Sign(context.Background(), retryOf(req, 2*time.Minute), nil); outcome != Issued {
 		t.Fatalf("after the window: outcome %s, want a new signing", outcome)
 	}
 	for range 10 {
 		other, _ := backendtest.NewRequest(t, workload, time.Hour)
-		if _, _, _, err := c.Sign(context.Background(), other); err != nil {
+		if _, _, _, err := c.Sign(context.Background(), other, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n := c.Len(); n > 3 {
 		t.Fatalf("%d entries kept, bound is 3", n)
+	}
+}
+
+func TestOnlyNewSigningsAreAdmitted(t *testing.T) {
+	signer := &slowSigner{delay: 200 * time.Millisecond}
+	c := New(signer, Config{})
+	var admitted atomic.Int32
+	admit := func() error { admitted.Add(1); return nil }
+	first, _ := backendtest.NewRequest(t, workload, time.Hour)
+
+	// The first attempt leaves before the PKI answers; its retries join
+	// the signing under way, then reuse its certificate: one charge.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, _, outcome, _ := c.Sign(ctx, first, admit); outcome != Issued {
+		t.Fatalf("first: outcome %s", outcome)
+	}
+	for i, want := range []Outcome{Joined, Reused, Reused} {
+		_, _, outcome, err := c.Sign(context.Background(), retryOf(first, time.Duration(i+1)*time.Second), admit)
+		if err != nil || outcome != want {
+			t.Fatalf("retry %d: outcome %s err %v, want %s", i, outcome, err, want)
+		}
+	}
+	other, _ := backendtest.NewRequest(t, workload, time.Hour)
+	if _, _, _, err := c.Sign(context.Background(), other, admit); err != nil {
+		t.Fatal(err)
+	}
+	if n := admitted.Load(); n != 2 {
+		t.Fatalf("admitted %d times for two distinct CSRs and three retries, want 2", n)
+	}
+}
+
+func TestRefusedAdmissionStartsNothing(t *testing.T) {
+	signer := &slowSigner{}
+	c := New(signer, Config{MaxInFlight: 1})
+	refusal := errors.New("budget exhausted")
+	req, _ := backendtest.NewRequest(t, workload, time.Hour)
+	if _, _, _, err := c.Sign(context.Background(), req, func() error { return refusal }); !errors.Is(err, refusal) {
+		t.Fatalf("got %v, want the admission's refusal", err)
+	}
+	if signer.calls.Load() != 0 || c.InFlight() != 0 || c.Len() != 0 {
+		t.Fatalf("after a refused admission: %d PKI calls, %d in flight, %d entries; want none", signer.calls.Load(), c.InFlight(), c.Len())
+	}
+	// The slot is free again and the refusal is not remembered.
+	if _, _, outcome, err := c.Sign(context.Background(), retryOf(req, time.Second), nil); err != nil || outcome != Issued {
+		t.Fatalf("after the refusal: outcome %s err %v", outcome, err)
+	}
+}
+
+func TestInFlightBoundCountsSigningsWhoseCallerLeft(t *testing.T) {
+	signer := &slowSigner{delay: 300 * time.Millisecond}
+	c := New(signer, Config{MaxInFlight: 2})
+	// Two callers leave at once; their signings go on and hold both slots.
+	for range 2 {
+		req, _ := backendtest.NewRequest(t, workload, time.Hour)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		if _, _, _, err := c.Sign(ctx, req, nil); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("got %v, want the caller's deadline", err)
+		}
+		cancel()
+	}
+	if n := c.InFlight(); n != 2 {
+		t.Fatalf("%d in flight, want 2", n)
+	}
+	third, _ := backendtest.NewRequest(t, workload, time.Hour)
+	start := time.Now()
+	_, _, _, err := c.Sign(context.Background(), third, func() error { t.Error("admitted beyond the in-flight bound"); return nil })
+	if !errors.Is(err, ErrBusy) {
+		t.Fatalf("third signing: got %v, want ErrBusy", err)
+	}
+	if d := time.Since(start); d > 50*time.Millisecond {
+		t.Fatalf("refusal took %s; it must not wait", d)
+	}
+	// Once they finish, new signings go ahead.
+	deadline := time.Now().Add(2 * time.Second)
+	for c.InFlight() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, _, outcome, err := c.Sign(context.Background(), retryOf(third, time.Second), nil); err != nil || outcome != Issued {
+		t.Fatalf("after the signings finished: outcome %s err %v", outcome, err)
 	}
 }

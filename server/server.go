@@ -1,6 +1,7 @@
 // Package server is the broker's Istio certificate endpoint: it implements
 // istio.v1.auth.IstioCertificateService/CreateCertificate, and its issue
-// path reads top to bottom: authenticate, authorize, sign, verify, respond.
+// path reads top to bottom: authenticate, whom, authorize, budget, sign,
+// verify, respond.
 // It is also the one place where errors become gRPC status codes.
 package server
 
@@ -21,6 +22,7 @@ import (
 
 	"github.com/meshca/broker/authn"
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/budget"
 	"github.com/meshca/broker/impersonation"
 	"github.com/meshca/broker/issuance"
 	"github.com/meshca/broker/policy"
@@ -44,6 +46,9 @@ type Config struct {
 	// Issuance shares one signing between an agent's retries of the same
 	// request; nil builds one with its defaults around Signer.
 	Issuance *issuance.Cache
+	// Budget bounds the new signings per identity (cluster and SPIFFE
+	// ID); nil: no bound.
+	Budget *budget.Budget
 	// Issuers, if set, learns the CA above every leaf issued (renewal
 	// with a client certificate is allowed only through those).
 	Issuers *trust.Issuers
@@ -126,17 +131,22 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 	}
 	a.decision(decision)
 
-	// 4. Sign: the backend issues it, once for this request and its
+	// 4. Budget: a new signing costs the identity one token; a retry that
+	// joins or reuses a signing costs nothing, so issuance charges it when,
+	// and only when, it starts one.
+	charge := s.budgetOf(id)
+
+	// 5. Sign: the backend issues it, once for this request and its
 	// retries; signReq is the request it was issued for.
 	signCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	signReq, issued, outcome, err := s.cfg.Issuance.Sign(signCtx, &backends.Request{CSR: decision.CSR, Template: decision.Template})
+	signReq, issued, outcome, err := s.cfg.Issuance.Sign(signCtx, &backends.Request{CSR: decision.CSR, Template: decision.Template}, charge)
 	cancel()
 	a.signed(outcome, err)
 	if err != nil {
-		return nil, a.refuse(backendStatus(ctx, err))
+		return nil, a.refuse(s.signStatus(ctx, err))
 	}
 
-	// 5. Verify: nothing the policy did not approve leaves the broker.
+	// 6. Verify: nothing the policy did not approve leaves the broker.
 	bundle := s.cfg.Trust.Current()
 	if bundle == nil {
 		return nil, a.refuse(status.Error(codes.Unavailable, "trust bundle not loaded yet"))
@@ -154,7 +164,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 		s.cfg.Issuers.Learn(chain[1])
 	}
 
-	// 6. Respond as istiod does: the leaf, its intermediates, and last the
+	// 7. Respond as istiod does: the leaf, its intermediates, and last the
 	// whole trust bundle in one element (the agent and ztunnel take their
 	// roots from it, so every root the mesh trusts travels with every
 	// certificate, which is what makes a root rotation seamless).
@@ -208,6 +218,32 @@ func policyStatus(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return status.Error(codes.PermissionDenied, err.Error())
+}
+
+// budgetOf is the charge for a new signing for id: keyed by cluster and
+// SPIFFE ID, so that a workload compromised in one cluster cannot spend
+// the budget of the same identity in another.
+func (s *Server) budgetOf(id *authn.Identity) issuance.Admit {
+	if s.cfg.Budget == nil {
+		return nil
+	}
+	key := id.Cluster + "/" + id.ID.String()
+	return func() error { return s.cfg.Budget.Charge(key) }
+}
+
+// signStatus maps the refusals of the budget and the in-flight bound, then
+// the backend's errors.
+func (s *Server) signStatus(ctx context.Context, err error) error {
+	var ex *budget.Exhausted
+	switch {
+	case errors.As(err, &ex):
+		s.cfg.Metrics.refused("identity_budget")
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, issuance.ErrBusy):
+		s.cfg.Metrics.refused("signings_in_flight")
+		return status.Error(codes.ResourceExhausted, err.Error())
+	}
+	return backendStatus(ctx, err)
 }
 
 func backendStatus(ctx context.Context, err error) error {

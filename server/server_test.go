@@ -64,9 +64,20 @@ type faultySigner struct {
 	backends.Signer
 	err    error
 	tamper func(chain []*x509.Certificate) []*x509.Certificate
+	// delay holds every signing this long; calls counts PKI signings.
+	delay time.Duration
+	calls atomic.Int32
 }
 
 func (f *faultySigner) Sign(ctx context.Context, r *backends.Request) ([]*x509.Certificate, error) {
+	f.calls.Add(1)
+	if f.delay > 0 {
+		select {
+		case <-time.After(f.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if f.err != nil {
 		return nil, f.err
 	}
