@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -23,12 +24,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
@@ -71,6 +72,11 @@ type Options struct {
 	// A shorter blip is ridden out: the API server's own TokenReview cache
 	// is 10s stale too. Default 10s.
 	StaleAfter time.Duration
+	// ReviewQPS and ReviewBurst bound TokenReviews, sent on a client of
+	// their own so that a flood of reviews cannot starve the watches and
+	// probes of the client's limiter. Defaults 500 and 1000.
+	ReviewQPS   float32
+	ReviewBurst int
 	// Now is the clock for token checks (tests).
 	Now func() time.Time
 	Log *slog.Logger
@@ -82,6 +88,12 @@ func (o *Options) defaults() {
 	}
 	if o.Burst == 0 {
 		o.Burst = 2000
+	}
+	if o.ReviewQPS == 0 {
+		o.ReviewQPS = 500
+	}
+	if o.ReviewBurst == 0 {
+		o.ReviewBurst = 1000
 	}
 	if o.SyncTimeout <= 0 {
 		o.SyncTimeout = 30 * time.Second
@@ -124,6 +136,8 @@ type Cluster struct {
 	ID     string
 	Client kubernetes.Interface
 	json   kubernetes.Interface
+	review kubernetes.Interface
+	meta   metadata.Interface
 	opts   Options
 	log    *slog.Logger
 
@@ -135,11 +149,27 @@ type Cluster struct {
 
 	state       atomic.Value // State
 	lastContact atomic.Int64 // unix nanoseconds of the last answered probe
+	// failing holds, per informer, the last list/watch error since its
+	// last success (nil when healthy); failingSince when it started.
+	failing     [2]atomic.Pointer[watchFailure]
+	staleReason atomic.Value // string: why the last probe failed, "" if it did not
 	synced      chan struct{}
 	startOnce   sync.Once
 	cancel      context.CancelFunc
 	done        chan struct{}
 }
+
+type watchFailure struct {
+	since time.Time
+	err   string
+}
+
+const (
+	kindPods = iota
+	kindServiceAccounts
+)
+
+var kindNames = [2]string{"pods", "serviceaccounts"}
 
 const (
 	indexNodeServiceAccount = "node/ns/sa"
@@ -171,13 +201,36 @@ func New(id string, rc *rest.Config, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: metadata client: %w", id, err)
 	}
-	c := &Cluster{ID: id, Client: cs, json: jsonClient, opts: opts, log: opts.Log.With("cluster", id), synced: make(chan struct{}), done: make(chan struct{})}
+	rrc := rest.CopyConfig(rc)
+	rrc.QPS, rrc.Burst = opts.ReviewQPS, opts.ReviewBurst
+	reviewClient, err := kubernetes.NewForConfig(rrc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: review clientset: %w", id, err)
+	}
+	c := &Cluster{ID: id, Client: cs, json: jsonClient, review: reviewClient, meta: mdc, opts: opts, log: opts.Log.With("cluster", id), synced: make(chan struct{}), done: make(chan struct{})}
 	c.state.Store(Syncing)
 	c.issuer.Store("")
+	c.staleReason.Store("")
 
 	// Informers built directly, not from a factory, so they carry only
 	// the index the broker uses (a factory adds a namespace index).
-	c.podInformer = coreinformers.NewPodInformer(cs, metav1.NamespaceAll, resync, cache.Indexers{indexNodeServiceAccount: func(obj any) ([]string, error) {
+	podLW := &cache.ListWatch{
+		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+			return cs.CoreV1().Pods(metav1.NamespaceAll).List(context.Background(), o)
+		},
+		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+			return cs.CoreV1().Pods(metav1.NamespaceAll).Watch(context.Background(), o)
+		},
+	}
+	saLW := &cache.ListWatch{
+		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+			return mdc.Resource(serviceAccountsGVR).Namespace(metav1.NamespaceAll).List(context.Background(), o)
+		},
+		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+			return mdc.Resource(serviceAccountsGVR).Namespace(metav1.NamespaceAll).Watch(context.Background(), o)
+		},
+	}
+	c.podInformer = cache.NewSharedIndexInformer(c.tracked(kindPods, podLW), &corev1.Pod{}, resync, cache.Indexers{indexNodeServiceAccount: func(obj any) ([]string, error) {
 		p, ok := obj.(*podEntry)
 		if !ok || p.node == "" {
 			return nil, nil
@@ -193,11 +246,59 @@ func New(id string, rc *rest.Config, opts Options) (*Cluster, error) {
 	if err := c.podInformer.SetTransform(compactPod); err != nil {
 		return nil, fmt.Errorf("cluster %s: pod transform: %w", id, err)
 	}
-	c.saInformer = metadatainformer.NewFilteredMetadataInformer(mdc, serviceAccountsGVR, metav1.NamespaceAll, resync, cache.Indexers{}, nil).Informer()
+	c.saInformer = cache.NewSharedIndexInformer(c.tracked(kindServiceAccounts, saLW), &metav1.PartialObjectMetadata{}, resync, cache.Indexers{})
+	for kind, inf := range []cache.SharedIndexInformer{c.podInformer, c.saInformer} {
+		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { c.watchFailed(kind, err) }); err != nil {
+			return nil, fmt.Errorf("cluster %s: %s watch error handler: %w", id, kindNames[kind], err)
+		}
+	}
 	if err := c.saInformer.SetTransform(compactMetadata); err != nil {
 		return nil, fmt.Errorf("cluster %s: service account transform: %w", id, err)
 	}
 	return c, nil
+}
+
+// tracked wraps a ListWatch so that a successful List or an established
+// Watch clears the kind's failure, and a failed one records it at once
+// (the reflector's error handler also sees errors that end a watch).
+// What is not detected: a watch that stays open and delivers nothing
+// (stalled behind a proxy); the probe's authorized list bounds that case
+// only while it fails too.
+func (c *Cluster) tracked(kind int, lw *cache.ListWatch) *cache.ListWatch {
+	return &cache.ListWatch{
+		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+			obj, err := lw.ListFunc(o)
+			if err != nil {
+				c.watchFailed(kind, err)
+			} else {
+				c.watchHealthy(kind)
+			}
+			return obj, err
+		},
+		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+			o.AllowWatchBookmarks = true
+			w, err := lw.WatchFunc(o)
+			if err != nil {
+				c.watchFailed(kind, err)
+			} else {
+				c.watchHealthy(kind)
+			}
+			return w, err
+		},
+	}
+}
+
+func (c *Cluster) watchFailed(kind int, err error) {
+	if c.failing[kind].Load() == nil {
+		c.failing[kind].Store(&watchFailure{since: time.Now(), err: err.Error()})
+		c.log.Warn("list/watch failing; local decisions stop until it succeeds again", "kind", kindNames[kind], "error", err)
+	}
+}
+
+func (c *Cluster) watchHealthy(kind int) {
+	if c.failing[kind].Swap(nil) != nil {
+		c.log.Info("list/watch healthy again", "kind", kindNames[kind])
+	}
 }
 
 // podEntry is what the cache keeps of a pod: a few strings instead of a
@@ -310,17 +411,26 @@ func (c *Cluster) run(ctx context.Context) {
 	wg.Wait()
 }
 
-// probe asks the API server whether it is alive every second, so that a
-// broker cut off from it stops trusting its caches after StaleAfter.
+// probe sends, every second, an authorized request needing the same
+// permissions as the watches: a metadata-only list of pods and of service
+// accounts with limit=1 (one object's metadata each, no full decode), so
+// that RBAC loss or throttling of the broker's own identity, not only an
+// unreachable API server, stops local decisions after StaleAfter.
 func (c *Cluster) probe(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := c.json.Discovery().RESTClient().Get().AbsPath("/livez").Do(pctx).Error()
+		_, err := c.meta.Resource(schema.GroupVersionResource{Version: "v1", Resource: "pods"}).List(pctx, metav1.ListOptions{Limit: 1})
+		if err == nil {
+			_, err = c.meta.Resource(serviceAccountsGVR).List(pctx, metav1.ListOptions{Limit: 1})
+		}
 		cancel()
 		if err == nil {
 			c.lastContact.Store(time.Now().UnixNano())
+			c.staleReason.Store("")
+		} else {
+			c.staleReason.Store("probe: " + err.Error())
 		}
 		select {
 		case <-ctx.Done():
@@ -371,7 +481,7 @@ func (c *Cluster) discoverIssuer(ctx context.Context) {
 func (c *Cluster) fetchIssuer(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	raw, err := c.json.CoreV1().RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
+	raw, err := c.readCapped(ctx, "/.well-known/openid-configuration")
 	if err != nil {
 		return "", fmt.Errorf("reading the OpenID discovery document: %w", err)
 	}
@@ -385,7 +495,31 @@ func (c *Cluster) fetchIssuer(ctx context.Context) (string, error) {
 }
 
 func (c *Cluster) fetchJWKS(ctx context.Context) ([]byte, error) {
-	return c.json.CoreV1().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
+	return c.readCapped(ctx, "/openid/v1/jwks")
+}
+
+// MaxDocumentBytes caps the discovery document and key set read from a
+// cluster.
+const MaxDocumentBytes = 1 << 20
+
+func (c *Cluster) readCapped(ctx context.Context, path string) ([]byte, error) {
+	rc, err := c.json.CoreV1().RESTClient().Get().AbsPath(path).Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return readLimited(rc, MaxDocumentBytes, path)
+}
+
+func readLimited(r io.Reader, limit int64, what string) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", what, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than the %d byte limit", what, limit)
+	}
+	return b, nil
 }
 
 // Stop ends the watches and key refreshes.
@@ -402,8 +536,29 @@ func (c *Cluster) State() State { return c.state.Load().(State) }
 // Synced reports whether local verification and the object caches are
 // ready and current: synced, and the API server answered within
 // StaleAfter.
+// Any list/watch error makes it false at once until that list or watch
+// succeeds again.
 func (c *Cluster) Synced() bool {
-	return c.State() == Synced && time.Since(time.Unix(0, c.lastContact.Load())) < c.opts.StaleAfter
+	return c.State() == Synced && c.failing[kindPods].Load() == nil && c.failing[kindServiceAccounts].Load() == nil &&
+		time.Since(time.Unix(0, c.lastContact.Load())) < c.opts.StaleAfter
+}
+
+// Staleness is how long the view has not been known current (0 when it
+// is) and why: a failing list/watch or probe.
+func (c *Cluster) Staleness() (time.Duration, string) {
+	var d time.Duration
+	reason := ""
+	for k := range c.failing {
+		if f := c.failing[k].Load(); f != nil {
+			if s := time.Since(f.since); s > d {
+				d, reason = s, kindNames[k]+" list/watch: "+f.err
+			}
+		}
+	}
+	if s := time.Since(time.Unix(0, c.lastContact.Load())); s > 2*time.Second && s > d {
+		d, reason = s, c.staleReason.Load().(string)
+	}
+	return d, reason
 }
 
 // WaitSynced waits until the cluster synced or ctx ends.
@@ -434,7 +589,7 @@ func (c *Cluster) VerifyToken(ctx context.Context, token string) (*jwks.Claims, 
 
 // Review asks the cluster's API server about a token (TokenReview).
 func (c *Cluster) Review(ctx context.Context, token string, audiences []string) (*authenticationv1.TokenReviewStatus, error) {
-	tr, err := c.Client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+	tr, err := c.review.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
