@@ -2,7 +2,10 @@
 // CreateCertificate request (a bearer token, the clusterid header, a client
 // certificate) into a workload identity, or refuses. Each way of proving an
 // identity is an Authenticator in its own subpackage; Chain tries them in
-// order and fails closed.
+// order and fails closed: the first authenticator that claims the
+// credential (returns anything but ErrNoCredential) decides, whether it
+// accepts, refuses, or cannot ask its authority, so each bearer token is
+// judged by exactly one verifier.
 package authn
 
 import (
@@ -79,11 +82,17 @@ var (
 	ErrUnavailable = errors.New("authentication authority unavailable")
 )
 
-// Chain tries authenticators in order; the first that accepts the caller
-// wins. If none does, the error says why each refused, and is
-// ErrUnavailable only if some authority could not be asked and no
-// credential was refused outright (so the agent retries only when a retry
-// can help).
+// Chain tries authenticators in order and fails closed: the first
+// authenticator that claims the credential decides. An authenticator that
+// returns ErrNoCredential (nothing it understands, or a token for a
+// cluster it does not serve) passes the request on; the first one that
+// returns anything else ends the chain with its answer: its identity, its
+// refusal (ErrDenied), or ErrUnavailable. ErrUnavailable ends the chain
+// too, so a credential the authority meant to judge it could not be asked
+// about is never handed to a later, weaker authenticator: each bearer token
+// goes to exactly one verifier, and the caller retries. When nobody claims
+// a credential that was presented the result is ErrDenied with each
+// authenticator's reason.
 type Chain []Authenticator
 
 // Name implements Authenticator.
@@ -91,8 +100,7 @@ func (c Chain) Name() string { return "chain" }
 
 // Authenticate implements Authenticator.
 func (c Chain) Authenticate(ctx context.Context, req *Request) (*Identity, error) {
-	var reasons []string
-	var denied, unavailable bool
+	var unclaimed []string
 	for _, a := range c {
 		id, err := a.Authenticate(ctx, req)
 		switch {
@@ -104,22 +112,19 @@ func (c Chain) Authenticate(ctx context.Context, req *Request) (*Identity, error
 		case err == nil:
 			return nil, fmt.Errorf("%s: %w: authenticator returned no identity", a.Name(), ErrDenied)
 		case errors.Is(err, ErrNoCredential):
+			unclaimed = append(unclaimed, fmt.Sprintf("%s: %v", a.Name(), err))
 			continue
-		case errors.Is(err, ErrUnavailable):
-			unavailable = true
-		default:
-			denied = true
 		}
-		reasons = append(reasons, fmt.Sprintf("%s: %v", a.Name(), err))
+		kind := ErrDenied
+		if errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrDenied) {
+			kind = ErrUnavailable
+		}
+		return nil, &chainError{kind: kind, msg: fmt.Sprintf("%s: %v", a.Name(), err)}
 	}
-	if len(reasons) == 0 {
+	if req == nil || (req.BearerToken == "" && len(req.PeerCertificates) == 0) || len(unclaimed) == 0 {
 		return nil, fmt.Errorf("%w: no credential presented (expected an \"authorization: Bearer <service-account token>\" header or a client certificate)", ErrDenied)
 	}
-	kind := ErrDenied
-	if unavailable && !denied {
-		kind = ErrUnavailable
-	}
-	return nil, &chainError{kind: kind, msg: strings.Join(reasons, "; ")}
+	return nil, &chainError{kind: ErrDenied, msg: "no authenticator accepts this credential: " + strings.Join(unclaimed, "; ")}
 }
 
 // chainError carries the kind for errors.Is and, as its message, only the

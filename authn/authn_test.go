@@ -35,11 +35,12 @@ func TestChain(t *testing.T) {
 		mention string
 	}{
 		{"first acceptance wins", Chain{none, ok, denied}, nil, "ok", ""},
-		{"a refusal does not stop a later acceptance", Chain{denied, ok}, nil, "ok", ""},
+		{"a refusal stops the chain: no later authenticator re-accepts", Chain{denied, ok}, ErrDenied, "", "bad signature"},
+		{"unavailable stops the chain: the token is judged by one verifier only", Chain{down, ok}, ErrUnavailable, "", "connection refused"},
 		{"nothing presented", Chain{none, none}, ErrDenied, "", "no credential presented"},
 		{"refused", Chain{none, denied}, ErrDenied, "", "denied: authentication failed: bad signature"},
 		{"only unavailable: retry may help", Chain{down, none}, ErrUnavailable, "", "connection refused"},
-		{"refused and unavailable: refused", Chain{down, denied}, ErrDenied, "", "bad signature"},
+		{"unavailable first decides, later refusal not asked", Chain{down, denied}, ErrUnavailable, "", "connection refused"},
 		{"nil identity without error fails closed", Chain{fixed{"broken", nil, nil}, ok}, ErrDenied, "", "no identity"},
 		{"empty chain fails closed", Chain{}, ErrDenied, "", "no credential"},
 	}
@@ -56,6 +57,16 @@ func TestChain(t *testing.T) {
 				t.Fatalf("got %v, %v; want %v mentioning %q", id, err, tc.want, tc.mention)
 			}
 		})
+	}
+}
+
+// A token nobody claims (every authenticator passed it on) is refused,
+// with each authenticator's reason, never reported as "no credential".
+func TestChainUnclaimedToken(t *testing.T) {
+	notMine := fixed{"kube", nil, fmt.Errorf("%w: unknown cluster \"west\"", ErrNoCredential)}
+	_, err := Chain{notMine, notMine}.Authenticate(context.Background(), &Request{BearerToken: "t", ClusterID: "west"})
+	if !errors.Is(err, ErrDenied) || errors.Is(err, ErrNoCredential) || !strings.Contains(err.Error(), `unknown cluster "west"`) {
+		t.Fatalf("err = %v", err)
 	}
 }
 
