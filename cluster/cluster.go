@@ -426,10 +426,18 @@ func (c *Cluster) probe(ctx context.Context) {
 			_, err = c.meta.Resource(serviceAccountsGVR).List(pctx, metav1.ListOptions{Limit: 1})
 		}
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			c.lastContact.Store(time.Now().UnixNano())
 			c.staleReason.Store("")
-		} else {
+		case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+			// A definite answer: the broker may no longer read what its
+			// caches hold, so they stop deciding now, not after StaleAfter.
+			if stale := time.Now().Add(-c.opts.StaleAfter).UnixNano(); c.lastContact.Load() > stale {
+				c.lastContact.Store(stale)
+			}
+			c.staleReason.Store("probe: " + err.Error())
+		default:
 			c.staleReason.Store("probe: " + err.Error())
 		}
 		select {
