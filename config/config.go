@@ -170,9 +170,9 @@ type Authn struct {
 	// NodeAgents may ask for the certificates of the pods on their node
 	// (ambient: ztunnel), as "namespace/serviceaccount" (default
 	// [istio-system/ztunnel]; [] allows none). Needs kubernetes.
-	NodeAgents         []string   `json:"nodeAgents"`
-	Kubernetes         Kubernetes `json:"kubernetes,omitempty"`
-	JWKS               []JWKS     `json:"jwks,omitempty"`
+	NodeAgents []string   `json:"nodeAgents"`
+	Kubernetes Kubernetes `json:"kubernetes,omitempty"`
+	JWKS       []JWKS     `json:"jwks,omitempty"`
 	// ClientCertificates: a request with no bearer token may renew with
 	// the mesh certificate it presents, checked against the live cluster
 	// view (default: on when kubernetes is; it cannot work without it).

@@ -462,7 +462,8 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 		return nil, fmt.Errorf("%w: no bearer token", authn.ErrNoCredential)
 	}
 	if req.ClusterID != "" && req.ClusterID != a.cfg.ClusterID {
-		return nil, fmt.Errorf("%w: jwt: unknown cluster %q (this authenticator verifies tokens of cluster %q)", authn.ErrDenied, req.ClusterID, a.cfg.ClusterID)
+		// Another cluster's token is not this authenticator's to judge.
+		return nil, fmt.Errorf("%w: jwt: cluster %q is not this key set's (%q)", authn.ErrNoCredential, req.ClusterID, a.cfg.ClusterID)
 	}
 	c, err := a.VerifyToken(ctx, req.BearerToken)
 	if err != nil {

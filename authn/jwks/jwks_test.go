@@ -190,7 +190,7 @@ func TestAuthenticate(t *testing.T) {
 		{name: "good without kubernetes.io claim", token: rs(mod(func(_ *jwt.Claims, p map[string]any) { delete(p, "kubernetes.io") })),
 			wantID: "spiffe://cluster.local/ns/team-a/sa/sa1", wantSub: "system:serviceaccount:team-a:sa1"},
 		{name: "clusterid matches", token: rs(good()), cluster: "Kubernetes", wantID: "spiffe://cluster.local/ns/team-a/sa/sa1"},
-		{name: "unknown cluster", token: rs(good()), cluster: "cluster2", wantKind: authn.ErrDenied, wantMsg: `unknown cluster "cluster2"`},
+		{name: "unknown cluster", token: rs(good()), cluster: "cluster2", wantKind: authn.ErrNoCredential, wantMsg: `cluster "cluster2" is not this key set's`},
 		{name: "configured cluster", token: rs(good()), cluster: "east", cfg: Config{ClusterID: "east"}, wantID: "spiffe://cluster.local/ns/team-a/sa/sa1"},
 		{name: "wrong issuer", token: rs(mod(func(c *jwt.Claims, _ map[string]any) { c.Issuer = "https://evil.example" })),
 			wantKind: authn.ErrDenied, wantMsg: "issuer"},

@@ -312,7 +312,10 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 	c, clusterID, err := a.clusters.Get(req.ClusterID)
 	if err != nil {
 		if errors.Is(err, cluster.ErrUnknown) {
-			return nil, fmt.Errorf("%w: %v", authn.ErrDenied, err)
+			// Not a cluster this authenticator serves: another (a jwks
+			// entry for that cluster) may claim it; if none does, the
+			// chain refuses it.
+			return nil, fmt.Errorf("%w: %v", authn.ErrNoCredential, err)
 		}
 		return nil, fmt.Errorf("%w: cluster %q: %v", authn.ErrUnavailable, req.ClusterID, err)
 	}
