@@ -79,7 +79,7 @@ func TestAgainstKubeAPIServer(t *testing.T) {
 
 	cases := []struct {
 		name        string
-		auth        *kube.Authenticator
+		auth        authn.Authenticator
 		token       string
 		clusterID   string
 		wantKind    error
@@ -102,8 +102,11 @@ func TestAgainstKubeAPIServer(t *testing.T) {
 		{name: "token from west presented to east", auth: a, token: token(west, []string{"istio-ca"}, ""), wantKind: authn.ErrDenied, wantMsg: "invalid bearer token"},
 		{name: "west token claiming to be east", auth: a, token: token(west, []string{"istio-ca"}, ""), clusterID: "east", wantKind: authn.ErrDenied},
 		{name: "west clusterid on a single-cluster broker", auth: a, token: token(west, []string{"istio-ca"}, ""), clusterID: "west",
-			wantKind: authn.ErrDenied, wantMsg: `unknown cluster "west" (this broker serves cluster "east")`},
-		{name: "unknown clusterid", auth: a, token: good, clusterID: "Kubernetes", wantKind: authn.ErrDenied, wantMsg: `unknown cluster "Kubernetes"`},
+			wantKind: authn.ErrNoCredential, wantMsg: `unknown cluster "west" (this broker serves cluster "east")`},
+		// A cluster it does not serve is left to another authenticator;
+		// the chain refuses it when none claims it.
+		{name: "unknown clusterid", auth: a, token: good, clusterID: "Kubernetes", wantKind: authn.ErrNoCredential, wantMsg: `unknown cluster "Kubernetes"`},
+		{name: "unknown clusterid through the chain", auth: authn.Chain{a}, token: good, clusterID: "Kubernetes", wantKind: authn.ErrDenied, wantMsg: `unknown cluster "Kubernetes"`},
 		{name: "west token via the remote reviewer", auth: multi, token: token(west, []string{"istio-ca"}, ""), clusterID: "west", wantCluster: "west"},
 		{name: "east token sent with west clusterid", auth: multi, token: good, clusterID: "west", wantKind: authn.ErrDenied, wantMsg: "invalid bearer token"},
 		{name: "garbage token", auth: a, token: "not-a-jwt", wantKind: authn.ErrDenied},
