@@ -104,6 +104,9 @@ func twoClusters(t *testing.T) (c1, c2 *testenv.Kube) {
 func clusterOne(c *config.Config) {
 	c.ClusterID = "cluster1"
 	c.Authn.Kubernetes.Clusters.SecretNamespace = "istio-system"
+	// The rotation test sends about a thousand certificates for one
+	// identity within seconds, beyond the per-identity budget's burst.
+	c.Limits.Issuance.Burst = 1 << 20
 }
 
 // addClusterTwo writes cluster2's remote secret into cluster1 and waits
