@@ -642,23 +642,6 @@ func (c *Cluster) PodsOf(namespace, serviceAccount string) []Pod {
 	return out
 }
 
-// LookupServiceAccount answers from the cache when synced, else asks the
-// API server (bounded by ctx): decided is false when neither could tell.
-func (c *Cluster) LookupServiceAccount(ctx context.Context, namespace, name string) (uid string, exists, decided bool) {
-	if c.Synced() {
-		uid, ok := c.ServiceAccountUID(namespace, name)
-		return uid, ok, true
-	}
-	sa, err := c.Client.CoreV1().ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case err == nil:
-		return string(sa.UID), sa.DeletionTimestamp == nil, true
-	case apierrors.IsNotFound(err):
-		return "", false, true
-	}
-	return "", false, false
-}
-
 // Pod returns a live pod.
 func (c *Cluster) Pod(namespace, name string) (Pod, bool) {
 	obj, ok, err := c.podInformer.GetStore().GetByKey(namespace + "/" + name)

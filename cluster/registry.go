@@ -332,22 +332,5 @@ func (o *ownerTable) set(id string, kubeconfig []byte) {
 	o.config[id] = kubeconfig
 }
 
-// ServiceAccountExists reports whether namespace/name exists in some
-// cluster, and which: from the caches of synced clusters, else asking the
-// API servers of those not synced yet (bounded to 2s). decided is false
-// when no cluster could tell.
-func (r *Registry) ServiceAccountExists(ctx context.Context, namespace, name string) (cluster string, exists, decided bool) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	for _, c := range r.All() {
-		_, ok, d := c.LookupServiceAccount(ctx, namespace, name)
-		decided = decided || d
-		if ok {
-			return c.ID, true, true
-		}
-	}
-	return "", false, decided
-}
-
 // pollInterval is how often the kubeconfig directory is re-read.
 const pollInterval = 5 * time.Second

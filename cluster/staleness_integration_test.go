@@ -61,6 +61,26 @@ func until(t *testing.T, what string, limit time.Duration, cond func() bool) tim
 	return time.Since(start)
 }
 
+// startSynced starts a view of the cluster rc reaches and waits until it
+// is synced; it is stopped when the test ends.
+func startSynced(t *testing.T, rc *rest.Config, opts Options) *Cluster {
+	t.Helper()
+	opts.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
+	c, err := New("c1", rc, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	t.Cleanup(c.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if !c.WaitSynced(ctx) {
+		t.Fatal("not synced")
+	}
+	until(t, "synced", 10*time.Second, c.Synced)
+	return c
+}
+
 // TestViewStopsDecidingWhenItsWatchesAreForbidden: the view runs with a
 // service account's RBAC; when the binding is removed (list/watch and the
 // probe answer 403 while /livez is fine) the view stops being synced at
@@ -68,20 +88,9 @@ func until(t *testing.T, what string, limit time.Duration, cond func() bool) tim
 func TestViewStopsDecidingWhenItsWatchesAreForbidden(t *testing.T) {
 	kube := testenv.StartKube(t)
 	tok, binding := viewerToken(t, kube)
-	c, err := New("c1", kube.RESTConfigForToken(tok), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
-	defer c.Stop()
+	c := startSynced(t, kube.RESTConfigForToken(tok), Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
-	defer scancel()
-	if !c.WaitSynced(sctx) {
-		t.Fatal("not synced")
-	}
-	until(t, "synced", 10*time.Second, c.Synced)
 	if err := kube.Client.RbacV1().ClusterRoleBindings().Delete(ctx, binding.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -129,22 +138,10 @@ func TestViewStopsDecidingWhenItsWatchesAreThrottled(t *testing.T) {
 		}
 		proxy.ServeHTTP(w, r)
 	}))
-	defer front.Close()
+	// Closed after the view stops: Close waits for the watches it proxies.
+	t.Cleanup(front.Close)
 	const staleAfter = 3 * time.Second
-	c, err := New("c1", &rest.Config{Host: front.URL}, Options{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), StaleAfter: staleAfter})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
-	defer c.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
-	defer scancel()
-	if !c.WaitSynced(sctx) {
-		t.Fatal("not synced")
-	}
-	until(t, "synced", 10*time.Second, c.Synced)
+	c := startSynced(t, &rest.Config{Host: front.URL}, Options{StaleAfter: staleAfter})
 	throttle.Store(true)
 	took := until(t, "not synced while throttled", staleAfter+5*time.Second, func() bool { return !c.Synced() })
 	since, reason := c.Staleness()

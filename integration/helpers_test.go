@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -108,4 +109,14 @@ func testenvRequired(t testing.TB) {
 	if os.Getenv("MESHCA_INTEGRATION") == "" {
 		t.Skip("integration test: set MESHCA_INTEGRATION=1 (scripts/test.sh does) or =auto")
 	}
+}
+
+// clientCert is an issued chain and its key as a TLS client certificate
+// (renewal presents it).
+func clientCert(key crypto.Signer, got *caclient.Issued) *tls.Certificate {
+	cert := &tls.Certificate{PrivateKey: key, Leaf: got.Chain[0]}
+	for _, c := range got.Chain {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	return cert
 }

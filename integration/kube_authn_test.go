@@ -85,11 +85,7 @@ func TestKubernetesAuthentication(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cert := &tls.Certificate{PrivateKey: key, Leaf: issued.Chain[0]}
-		for _, c := range issued.Chain {
-			cert.Certificate = append(cert.Certificate, c.Raw)
-		}
-		renewer := dial(t, b, cert)
+		renewer := dial(t, b, clientCert(key, issued))
 		newKey, _ := caclient.NewKey(true)
 		renewed, err := renewer.CreateCertificate(ctx, caclient.Request{Key: newKey, SPIFFEID: cartID, TTL: time.Hour})
 		if err != nil {

@@ -16,15 +16,6 @@ import (
 	"github.com/meshca/broker/integration/testenv"
 )
 
-func pairOf(t *testing.T, key any, got *caclient.Issued) *tls.Certificate {
-	t.Helper()
-	cert := &tls.Certificate{PrivateKey: key, Leaf: got.Chain[0]}
-	for _, c := range got.Chain {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
-	return cert
-}
-
 // TestRenewalEndsWithWhatMadeTheIdentityValid: a mesh certificate renews
 // (key rotation) only while the pod it was obtained for, or one as old,
 // still runs as the service account it was issued for; never beyond the
@@ -67,7 +58,7 @@ func TestRenewalEndsWithWhatMadeTheIdentityValid(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s with a token: %v", id, err)
 		}
-		return pairOf(t, key, got)
+		return clientCert(key, got)
 	}
 	renew := func(cert *tls.Certificate, ttl time.Duration) (*tls.Certificate, error) {
 		key, _ := caclient.NewKey(true)
@@ -75,7 +66,7 @@ func TestRenewalEndsWithWhatMadeTheIdentityValid(t *testing.T) {
 		if err != nil {
 			return nil, err
 		}
-		return pairOf(t, key, got), nil
+		return clientCert(key, got), nil
 	}
 	mustRenew := func(cert *tls.Certificate, ttl time.Duration) *tls.Certificate {
 		t.Helper()

@@ -52,11 +52,7 @@ func TestRenewalTrustsOnlyTheBrokersIssuingCAs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cert := &tls.Certificate{PrivateKey: key, Leaf: got.Chain[0]}
-		for _, c := range got.Chain {
-			cert.Certificate = append(cert.Certificate, c.Raw)
-		}
-		return cert
+		return clientCert(key, got)
 	}
 	renew := func(b *broker.Broker, cert *tls.Certificate) error {
 		key, _ := caclient.NewKey(true)

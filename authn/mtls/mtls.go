@@ -69,7 +69,13 @@ func ParseWorkload(s string) (Workload, error) {
 	if !ok || ns == "" || sa == "" || strings.Contains(sa, "/") {
 		return Workload{}, fmt.Errorf("%q is not <namespace>/<service account> or <namespace>/*", s)
 	}
-	if _, err := authn.WorkloadID(spiffeid.RequireTrustDomainFromString("x"), ns, strings.ReplaceAll(sa, "*", "x")); err != nil || (strings.Contains(sa, "*") && sa != "*") {
+	// Validated as the SPIFFE ID they name would be; "*" stands for any
+	// valid service-account name.
+	name := sa
+	if sa == "*" {
+		name = "any"
+	}
+	if _, err := authn.WorkloadID(spiffeid.RequireTrustDomainFromString("cluster.local"), ns, name); err != nil {
 		return Workload{}, fmt.Errorf("%q does not name a valid namespace and service account", s)
 	}
 	return Workload{ns, sa}, nil
