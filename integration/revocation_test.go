@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshca/broker/caclient"
 	"github.com/meshca/broker/integration/testenv"
@@ -97,6 +98,40 @@ func TestLocalVerificationSeesRevocation(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("revocation delay: %s", measure(t, tok, func() { kube.DeletePod(t, "shop", "cart-1") }))
+	})
+	t.Run("pod held in Terminating by a finalizer", func(t *testing.T) {
+		// The API server keeps accepting such a token until 60 s after the
+		// deletion timestamp (here the end of a 30 s grace period that no
+		// kubelet will ever end); the broker refuses it once the pod is
+		// being deleted.
+		kube.CreatePod(t, "shop", "cart-held", "cart")
+		if _, err := kube.Client.CoreV1().Pods("shop").Patch(ctx, "cart-held", types.MergePatchType,
+			[]byte(`{"metadata":{"finalizers":["meshca.test/hold"]}}`), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := kube.Token(ctx, "shop", "cart", []string{"istio-ca"}, time.Hour, "cart-held")
+		if err != nil {
+			t.Fatal(err)
+		}
+		delay := measure(t, tok, func() {
+			if err := kube.Client.CoreV1().Pods("shop").Delete(ctx, "cart-held", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		})
+		t.Logf("refusal delay (pod deleted, held by a finalizer): %s", delay)
+		if err := issue(tok); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "is being deleted") {
+			t.Fatalf("token of the terminating pod: %v; want Unauthenticated saying it is being deleted", err)
+		}
+		held, err := kube.Client.CoreV1().Pods("shop").Get(ctx, "cart-held", metav1.GetOptions{})
+		if err != nil || held.DeletionTimestamp == nil {
+			t.Fatalf("the pod should still be there, terminating: %v", err)
+		}
+		// What TokenReview would have said: still authenticated.
+		st, err := kube.TokenReview(ctx, tok, []string{"istio-ca"})
+		if err != nil || !st.Authenticated {
+			t.Fatalf("TokenReview of the terminating pod's token: %+v, %v; the API server was expected to accept it still", st, err)
+		}
+		t.Logf("TokenReview still accepts it (deletion timestamp %s, %s from now)", held.DeletionTimestamp.UTC().Format(time.RFC3339), time.Until(held.DeletionTimestamp.Time).Round(time.Second))
 	})
 	t.Run("service account deleted, then recreated under the same name", func(t *testing.T) {
 		kube.CreateServiceAccount(t, "shop", "payments")

@@ -10,12 +10,21 @@
 //     the token's UID and, for a pod-bound token, the pod with the token's
 //     UID (on the token's node, where it names one). A deleted or
 //     recreated object is refused as soon as its watch event arrives
-//     (well under the API server's own 10 s TokenReview cache). Whenever
+//     (well under the API server's own 10 s TokenReview cache), and so is
+//     the token of a pod that has finished or is being deleted (the API
+//     server accepts those until 60 s after the deletion timestamp; a pod
+//     on its way out needs no new certificate). Whenever
 //     local checking cannot decide (caches not synced, issuer keys not
-//     fetched, a token without bound-object claims such as a legacy secret
-//     token, a signing key the broker has not seen yet) the token goes to
-//     TokenReview instead.
+//     fetched, a token bound to a secret or only to a node, a signing key
+//     the broker has not seen yet) the token goes to TokenReview instead.
 //   - tokenreview: every token is sent to the cluster's API server.
+//
+// No token reaches TokenReview unless it is plausible: a compact JWS whose
+// unverified claims name the cluster's issuer (once known), an accepted
+// audience and an expiry not passed. Tokens signed with a key the broker
+// has not seen go there only at a bounded rate per cluster, so that
+// nobody who can reach the port turns made-up key IDs into API server
+// load.
 package kube
 
 import (
@@ -24,9 +33,12 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -63,6 +75,15 @@ const (
 	// rollout of a few hundred pods.
 	defaultQPS   = 100
 	defaultBurst = 200
+
+	// DefaultUnknownKeyRate and DefaultUnknownKeyBurst bound, per
+	// cluster, the tokens sent to TokenReview because their signing key is
+	// not among the cluster's keys the broker holds. After a real key
+	// rotation the broker re-fetches the keys within seconds, so only the
+	// first tokens of the new key need the fallback; a flood of made-up
+	// key IDs is answered Unavailable instead of becoming reviews.
+	DefaultUnknownKeyRate  = 20
+	DefaultUnknownKeyBurst = 100
 )
 
 // Reviewer asks one cluster's API server whether a token is good.
@@ -79,6 +100,8 @@ type Cluster interface {
 	VerifyToken(ctx context.Context, token string) (*jwks.Claims, error)
 	// Synced reports whether the object caches are current.
 	Synced() bool
+	// Issuer is the cluster's service-account issuer, "" while unknown.
+	Issuer() string
 	ServiceAccountUID(namespace, name string) (string, bool)
 	Pod(namespace, name string) (cluster.Pod, bool)
 }
@@ -154,6 +177,13 @@ type Config struct {
 	Timeout time.Duration
 	// Remote resolves other clusters for NewWithReviewer.
 	Remote ClusterMap
+	// UnknownKeyRate (per second) and UnknownKeyBurst bound, per cluster,
+	// the TokenReviews of tokens signed with a key the broker has not
+	// seen. Defaults DefaultUnknownKeyRate and DefaultUnknownKeyBurst.
+	UnknownKeyRate  float64
+	UnknownKeyBurst int
+	// Now is the clock for the plausibility check (tests).
+	Now func() time.Time
 }
 
 // Authenticator implements authn.Authenticator.
@@ -164,6 +194,13 @@ type Authenticator struct {
 	clusters    Clusters
 	mode        string
 	localID     string
+	now         func() time.Time
+
+	unknownKeyRate  rate.Limit
+	unknownKeyBurst int
+	// unknownKey holds a *rate.Limiter per cluster ID; clusters are few
+	// and known (Get succeeded), so the map stays small.
+	unknownKey sync.Map
 }
 
 var _ authn.Authenticator = (*Authenticator)(nil)
@@ -214,6 +251,19 @@ func NewForClusters(cfg Config) (*Authenticator, error) {
 		clusters:    cfg.Clusters,
 		mode:        cfg.Verification,
 		localID:     cfg.ClusterID,
+		now:         cfg.Now,
+
+		unknownKeyRate:  rate.Limit(cfg.UnknownKeyRate),
+		unknownKeyBurst: cfg.UnknownKeyBurst,
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.unknownKeyRate <= 0 {
+		a.unknownKeyRate = DefaultUnknownKeyRate
+	}
+	if a.unknownKeyBurst <= 0 {
+		a.unknownKeyBurst = DefaultUnknownKeyBurst
 	}
 	switch a.mode {
 	case "":
@@ -248,7 +298,8 @@ func (r reviewers) Get(id string) (Cluster, string, error) {
 	}
 	rv, ok := r.reviewers[id]
 	if !ok || rv == nil {
-		return nil, "", fmt.Errorf("%w %q (this broker serves cluster %q)", cluster.ErrUnknown, id, r.local)
+		// Unauthenticated callers read this: it names only what they asked.
+		return nil, "", fmt.Errorf("%w %q", cluster.ErrUnknown, id)
 	}
 	return reviewOnly{rv}, id, nil
 }
@@ -260,6 +311,7 @@ func (reviewOnly) VerifyToken(context.Context, string) (*jwks.Claims, error) {
 	return nil, cluster.ErrNotReady
 }
 func (reviewOnly) Synced() bool                                    { return false }
+func (reviewOnly) Issuer() string                                  { return "" }
 func (reviewOnly) ServiceAccountUID(string, string) (string, bool) { return "", false }
 func (reviewOnly) Pod(string, string) (cluster.Pod, bool)          { return cluster.Pod{}, false }
 
@@ -319,13 +371,77 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 		}
 		return nil, fmt.Errorf("%w: cluster %q: %v", authn.ErrUnavailable, req.ClusterID, err)
 	}
+	unknownKey := false
 	if a.mode == Local {
 		id, decided, err := a.verifyLocally(ctx, c, clusterID, req.BearerToken)
 		if decided {
 			return id, err
 		}
+		unknownKey = errors.Is(err, jwks.ErrUnknownKey)
 	}
-	return a.review(ctx, c, clusterID, req.BearerToken)
+	// Only plausible tokens, and of those with unknown keys only a few,
+	// cost the API server a review.
+	if err := a.plausible(req.BearerToken, c.Issuer()); err != nil {
+		return nil, fmt.Errorf("%w: token in cluster %q: %v", authn.ErrDenied, clusterID, err)
+	}
+	if unknownKey && !a.unknownKeyLimiter(clusterID).Allow() {
+		return nil, fmt.Errorf("%w: token in cluster %q is signed with a key the broker has not seen, and more such tokens than %v/s arrived; retry once the cluster's keys are re-fetched", authn.ErrUnavailable, clusterID, float64(a.unknownKeyRate))
+	}
+	id, err := a.review(ctx, c, clusterID, req.BearerToken)
+	if err != nil {
+		return nil, err
+	}
+	// A reviewed token of a pod the live view knows to be on its way out
+	// is refused as the local check would (the API server accepts it
+	// until 60 s after the deletion timestamp).
+	if id.PodName != "" && c.Synced() {
+		if pod, ok := c.Pod(id.Namespace, id.PodName); ok && pod.UID == id.PodUID {
+			if err := podGone(clusterID, pod); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return id, nil
+}
+
+func (a *Authenticator) unknownKeyLimiter(clusterID string) *rate.Limiter {
+	if l, ok := a.unknownKey.Load(clusterID); ok {
+		return l.(*rate.Limiter)
+	}
+	l, _ := a.unknownKey.LoadOrStore(clusterID, rate.NewLimiter(a.unknownKeyRate, a.unknownKeyBurst))
+	return l.(*rate.Limiter)
+}
+
+// plausible checks, without verifying the signature, that the token could
+// be one this authenticator accepts: a compact JWS with one signature in an
+// algorithm Kubernetes signs with, naming the cluster's issuer (when
+// known), one of the accepted audiences, and an expiry not yet passed
+// (with the usual leeway). Tokens without expiry or audience (legacy
+// secret-based tokens) are not accepted: Istio's agents send projected
+// tokens for the istio-ca audience.
+func (a *Authenticator) plausible(token, issuer string) error {
+	tok, err := jwt.ParseSigned(token, jwks.DefaultAlgorithms)
+	if err != nil {
+		return fmt.Errorf("not a compact JWS signed with an allowed algorithm: %v", err)
+	}
+	if len(tok.Headers) != 1 {
+		return fmt.Errorf("expected one signature, got %d", len(tok.Headers))
+	}
+	var cl jwt.Claims
+	if err := tok.UnsafeClaimsWithoutVerification(&cl); err != nil {
+		return fmt.Errorf("claims are not a JSON object: %v", err)
+	}
+	switch {
+	case issuer != "" && cl.Issuer != issuer:
+		return fmt.Errorf("issuer %q, want %q", cl.Issuer, issuer)
+	case !intersects(cl.Audience, a.audiences):
+		return fmt.Errorf("token audiences %q do not include any of %q", []string(cl.Audience), a.audiences)
+	case cl.Expiry == nil:
+		return errors.New("token has no expiry (legacy service-account token?)")
+	case a.now().After(cl.Expiry.Time().Add(jwks.DefaultLeeway)):
+		return fmt.Errorf("token expired at %s", cl.Expiry.Time().UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // verifyLocally checks the token against the cluster's keys and live
@@ -340,13 +456,18 @@ func (a *Authenticator) verifyLocally(ctx context.Context, c Cluster, clusterID,
 		return nil, false, nil
 	case err != nil && errors.Is(err, jwks.ErrUnknownKey):
 		// A key the cluster started signing with after our last fetch
-		// (the fetch is rate-limited); the API server knows.
-		return nil, false, nil
+		// (the fetch is rate-limited); the API server knows. The caller
+		// bounds how many of these it asks about.
+		return nil, false, err
 	case err != nil:
 		return nil, true, fmt.Errorf("token in cluster %q: %w", clusterID, err)
 	case !claims.Bound || claims.SecretName != "":
 		// Legacy or secret-bound tokens: what they are bound to is not
 		// cached here.
+		return nil, false, nil
+	case claims.PodName == "" && claims.NodeName != "":
+		// Bound to a node only: the API server checks that node, which
+		// is not cached here.
 		return nil, false, nil
 	}
 	if err := checkBound(c, clusterID, claims); err != nil {
@@ -382,6 +503,21 @@ func checkBound(c Cluster, clusterID string, cl *jwks.Claims) error {
 		return fmt.Errorf("%w: token in cluster %q: pod %s/%s runs as %s, not %s", authn.ErrDenied, clusterID, cl.Namespace, cl.PodName, pod.ServiceAccount, cl.ServiceAccount)
 	case cl.NodeName != "" && pod.Node != "" && pod.Node != cl.NodeName:
 		return fmt.Errorf("%w: token in cluster %q: pod %s/%s runs on node %s, the token names node %s", authn.ErrDenied, clusterID, cl.Namespace, cl.PodName, pod.Node, cl.NodeName)
+	}
+	return podGone(clusterID, pod)
+}
+
+// podGone refuses the token of a pod that has finished or is being
+// deleted: its workload has stopped or is stopping, and what it already
+// holds lasts its drain. The API server's TokenReview would accept it
+// until 60 s after the deletion timestamp, or for as long as a finished
+// pod's object is kept; impersonation and renewal refuse such pods too.
+func podGone(clusterID string, pod cluster.Pod) error {
+	switch {
+	case pod.Deleting:
+		return fmt.Errorf("%w: token in cluster %q: pod %s/%s it is bound to is being deleted", authn.ErrDenied, clusterID, pod.Namespace, pod.Name)
+	case pod.Terminated:
+		return fmt.Errorf("%w: token in cluster %q: pod %s/%s it is bound to has finished", authn.ErrDenied, clusterID, pod.Namespace, pod.Name)
 	}
 	return nil
 }

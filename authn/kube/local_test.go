@@ -22,14 +22,22 @@ type fakeCluster struct {
 	claimErr error
 	sas      map[string]string // ns/name -> uid
 	pods     map[string]cluster.Pod
-	reviews  int
+	issuer   string
+	// reviewPod is the pod TokenReview reports the token bound to.
+	reviewPod *cluster.Pod
+	reviews   int
 }
 
 func (f *fakeCluster) Review(context.Context, string, []string) (*authenticationv1.TokenReviewStatus, error) {
 	f.reviews++
-	return &authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: []string{DefaultAudience},
-		User: authenticationv1.UserInfo{Username: "system:serviceaccount:shop:cart", UID: "sa-1"}}, nil
+	st := &authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: []string{DefaultAudience},
+		User: authenticationv1.UserInfo{Username: "system:serviceaccount:shop:cart", UID: "sa-1"}}
+	if p := f.reviewPod; p != nil {
+		st.User.Extra = map[string]authenticationv1.ExtraValue{PodNameExtra: {p.Name}, podUIDExtra: {p.UID}}
+	}
+	return st, nil
 }
+func (f *fakeCluster) Issuer() string { return f.issuer }
 func (f *fakeCluster) VerifyToken(context.Context, string) (*jwks.Claims, error) {
 	return f.claims, f.claimErr
 }
@@ -56,17 +64,28 @@ func (f fakeClusters) Get(id string) (Cluster, string, error) {
 	return c, id, nil
 }
 
+var errUnknownKeyForTest = jwks.ErrUnknownKey
+
+func boundClaims() *jwks.Claims {
+	return &jwks.Claims{Namespace: "shop", ServiceAccount: "cart", ServiceAccountUID: "sa-1", Bound: true,
+		PodName: "cart-0", PodUID: "pod-1", NodeName: "node-a", Subject: "system:serviceaccount:shop:cart"}
+}
+
+func livePods() map[string]cluster.Pod {
+	return map[string]cluster.Pod{"shop/cart-0": {Name: "cart-0", Namespace: "shop", UID: "pod-1", ServiceAccount: "cart", Node: "node-a"}}
+}
+
 func TestLocalVerification(t *testing.T) {
-	bound := func() *jwks.Claims {
-		return &jwks.Claims{Namespace: "shop", ServiceAccount: "cart", ServiceAccountUID: "sa-1", Bound: true,
-			PodName: "cart-0", PodUID: "pod-1", NodeName: "node-a", Subject: "system:serviceaccount:shop:cart"}
-	}
 	live := func() *fakeCluster {
-		return &fakeCluster{synced: true, claims: bound(),
+		return &fakeCluster{synced: true, claims: boundClaims(), issuer: testIssuer,
 			sas:  map[string]string{"shop/cart": "sa-1"},
-			pods: map[string]cluster.Pod{"shop/cart-0": {Name: "cart-0", Namespace: "shop", UID: "pod-1", ServiceAccount: "cart", Node: "node-a"}}}
+			pods: livePods()}
 	}
 	with := func(mod func(f *fakeCluster)) *fakeCluster { f := live(); mod(f); return f }
+	pod := func(mod func(p *cluster.Pod)) func(f *fakeCluster) {
+		return func(f *fakeCluster) { p := f.pods["shop/cart-0"]; mod(&p); f.pods["shop/cart-0"] = p }
+	}
+	token := unverifiedToken(t, "k1", saClaims(nil))
 	cases := []struct {
 		name        string
 		cluster     *fakeCluster
@@ -82,6 +101,20 @@ func TestLocalVerification(t *testing.T) {
 		{"pod deleted", with(func(f *fakeCluster) { delete(f.pods, "shop/cart-0") }), "", "", "", 0, "pod shop/cart-0 it is bound to no longer exists"},
 		{"pod recreated", with(func(f *fakeCluster) { p := f.pods["shop/cart-0"]; p.UID = "pod-2"; f.pods["shop/cart-0"] = p }), "", "", "", 0, "deleted and recreated"},
 		{"pod on another node", with(func(f *fakeCluster) { p := f.pods["shop/cart-0"]; p.Node = "node-b"; f.pods["shop/cart-0"] = p }), "", "", "", 0, "node node-b"},
+		{"pod being deleted (a finalizer holds it)", with(pod(func(p *cluster.Pod) { p.Deleting = true })), "", "", "", 0, "pod shop/cart-0 it is bound to is being deleted"},
+		{"pod finished", with(pod(func(p *cluster.Pod) { p.Terminated = true })), "", "", "", 0, "pod shop/cart-0 it is bound to has finished"},
+		{"reviewed token of a pod being deleted", with(func(f *fakeCluster) {
+			f.claims.SecretName = "cart-token"
+			p := f.pods["shop/cart-0"]
+			p.Deleting = true
+			f.pods["shop/cart-0"] = p
+			f.reviewPod = &p
+		}), "", "", "", 1, "is being deleted"},
+		{"reviewed token of a pod the view does not know yet", with(func(f *fakeCluster) {
+			f.claims.SecretName = "cart-token"
+			f.reviewPod = &cluster.Pod{Name: "cart-1", UID: "pod-9"}
+		}), "", "", "kube-tokenreview", 1, ""},
+		{"node-bound token: TokenReview", with(func(f *fakeCluster) { f.claims.PodName, f.claims.PodUID = "", "" }), "", "", "kube-tokenreview", 1, ""},
 		{"pod runs as another service account", with(func(f *fakeCluster) {
 			p := f.pods["shop/cart-0"]
 			p.ServiceAccount = "admin"
@@ -103,7 +136,7 @@ func TestLocalVerification(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			id, err := a.Authenticate(context.Background(), &authn.Request{BearerToken: "x.y.z", ClusterID: tc.clusterID})
+			id, err := a.Authenticate(context.Background(), &authn.Request{BearerToken: token, ClusterID: tc.clusterID})
 			if tc.cluster.reviews != tc.wantReviews {
 				t.Errorf("%d TokenReviews, want %d", tc.cluster.reviews, tc.wantReviews)
 			}
