@@ -358,6 +358,7 @@ func newClusters(cfg *config.Config, log *slog.Logger) (*cluster.Registry, error
 			QPS:         k.QPS,
 			Burst:       k.Burst,
 			SyncTimeout: k.Clusters.SyncTimeout.Duration,
+			MaxObjects:  k.MaxCachedObjects,
 			Log:         log,
 		},
 	}
@@ -405,11 +406,15 @@ type clusterStates struct{ r *cluster.Registry }
 var (
 	clusterStateDesc = prometheus.NewDesc("meshca_cluster_state", "1 for each cluster's current sync state (syncing, synced, failed).", []string{"cluster", "state"}, nil)
 	clusterObjDesc   = prometheus.NewDesc("meshca_cluster_cached_objects", "Objects cached per cluster for revocation checks.", []string{"cluster", "kind"}, nil)
+	clusterCapDesc   = prometheus.NewDesc("meshca_cluster_cached_objects_limit", "The cap on cached pods plus service accounts per cluster (authn.kubernetes.maxCachedObjects); past it the cluster's tokens go to TokenReview.", []string{"cluster"}, nil)
+	clusterStaleDesc = prometheus.NewDesc("meshca_cluster_stale_seconds", "How long each cluster's view has not been known current (0 when it is): a failing list/watch or probe, or the object cap exceeded. Local decisions stop at once on a list/watch error or a 403, after 10s otherwise.", []string{"cluster"}, nil)
 )
 
 func (c clusterStates) Describe(ch chan<- *prometheus.Desc) {
 	ch <- clusterStateDesc
 	ch <- clusterObjDesc
+	ch <- clusterCapDesc
+	ch <- clusterStaleDesc
 }
 
 func (c clusterStates) Collect(ch chan<- prometheus.Metric) {
@@ -418,6 +423,9 @@ func (c clusterStates) Collect(ch chan<- prometheus.Metric) {
 		pods, sas := cl.Counts()
 		ch <- prometheus.MustNewConstMetric(clusterObjDesc, prometheus.GaugeValue, float64(pods), cl.ID, "pods")
 		ch <- prometheus.MustNewConstMetric(clusterObjDesc, prometheus.GaugeValue, float64(sas), cl.ID, "serviceaccounts")
+		ch <- prometheus.MustNewConstMetric(clusterCapDesc, prometheus.GaugeValue, float64(cl.MaxObjects()), cl.ID)
+		stale, _ := cl.Staleness()
+		ch <- prometheus.MustNewConstMetric(clusterStaleDesc, prometheus.GaugeValue, stale.Seconds(), cl.ID)
 	}
 }
 

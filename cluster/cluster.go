@@ -23,6 +23,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -77,10 +78,21 @@ type Options struct {
 	// probes of the client's limiter. Defaults 500 and 1000.
 	ReviewQPS   float32
 	ReviewBurst int
+	// MaxObjects caps the pods plus service accounts cached for the
+	// cluster. A remote cluster's API server is as trusted as its
+	// kubeconfig, and an endless stream of objects must not exhaust the
+	// broker's memory: past the cap the cluster stops watching and
+	// deciding locally (its tokens go to TokenReview) until it is
+	// replaced. Default DefaultMaxObjects.
+	MaxObjects int
 	// Now is the clock for token checks (tests).
 	Now func() time.Time
 	Log *slog.Logger
 }
+
+// DefaultMaxObjects is above Kubernetes' largest supported cluster
+// (150,000 pods) and its service accounts, at roughly 0.5 KiB each.
+const DefaultMaxObjects = 250_000
 
 func (o *Options) defaults() {
 	if o.QPS == 0 {
@@ -103,6 +115,9 @@ func (o *Options) defaults() {
 	}
 	if len(o.Audiences) == 0 {
 		o.Audiences = []string{jwks.DefaultAudience}
+	}
+	if o.MaxObjects <= 0 {
+		o.MaxObjects = DefaultMaxObjects
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -153,10 +168,14 @@ type Cluster struct {
 	// last success (nil when healthy); failingSince when it started.
 	failing     [2]atomic.Pointer[watchFailure]
 	staleReason atomic.Value // string: why the last probe failed, "" if it did not
-	synced      chan struct{}
-	startOnce   sync.Once
-	cancel      context.CancelFunc
-	done        chan struct{}
+	// overCapacity is set, for good, once more than MaxObjects objects
+	// were cached or listed; the informers are stopped then.
+	overCapacity  atomic.Pointer[watchFailure]
+	stopInformers context.CancelFunc
+	synced        chan struct{}
+	startOnce     sync.Once
+	cancel        context.CancelFunc
+	done          chan struct{}
 }
 
 type watchFailure struct {
@@ -268,6 +287,15 @@ func (c *Cluster) tracked(kind int, lw *cache.ListWatch) *cache.ListWatch {
 	return &cache.ListWatch{
 		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
 			obj, err := lw.ListFunc(o)
+			if err == nil {
+				// A list that would take the cache past the cap is
+				// refused before it is stored (a list is served in one
+				// response from the watch cache).
+				if n, others := meta.LenList(obj), c.cachedExcept(kind); n+others > c.opts.MaxObjects {
+					err = c.exceeded(fmt.Sprintf("a list of %s returned %d objects, %d others cached", kindNames[kind], n, others))
+					obj = nil
+				}
+			}
 			if err != nil {
 				c.watchFailed(kind, err)
 			} else {
@@ -285,6 +313,35 @@ func (c *Cluster) tracked(kind int, lw *cache.ListWatch) *cache.ListWatch {
 			}
 			return w, err
 		},
+	}
+}
+
+// exceeded marks the cluster over capacity and stops its informers, so
+// that its caches stop growing; the error says why.
+func (c *Cluster) exceeded(what string) error {
+	f := &watchFailure{since: time.Now(), err: fmt.Sprintf("%s, more than the %d objects allowed (authn.kubernetes.maxCachedObjects)", what, c.opts.MaxObjects)}
+	if c.overCapacity.CompareAndSwap(nil, f) {
+		c.log.Error("cluster has more objects than the broker caches; local decisions stop and its tokens go to TokenReview until it is replaced", "reason", f.err)
+		if c.stopInformers != nil {
+			c.stopInformers()
+		}
+	}
+	return errors.New(c.overCapacity.Load().err)
+}
+
+// cachedExcept is the number of cached objects of the other kind.
+func (c *Cluster) cachedExcept(kind int) int {
+	pods, sas := c.Counts()
+	if kind == kindPods {
+		return sas
+	}
+	return pods
+}
+
+// checkCapacity is the cap for objects that arrive by watch.
+func (c *Cluster) checkCapacity() {
+	if pods, sas := c.Counts(); pods+sas > c.opts.MaxObjects {
+		c.exceeded(fmt.Sprintf("%d pods and %d service accounts cached", pods, sas))
 	}
 }
 
@@ -361,8 +418,10 @@ func (c *Cluster) Start() {
 	c.startOnce.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
 		c.cancel = cancel
-		go c.podInformer.Run(ctx.Done())
-		go c.saInformer.Run(ctx.Done())
+		ictx, icancel := context.WithCancel(ctx)
+		c.stopInformers = icancel
+		go c.podInformer.Run(ictx.Done())
+		go c.saInformer.Run(ictx.Done())
 		go func() {
 			defer close(c.done)
 			c.run(ctx)
@@ -426,6 +485,7 @@ func (c *Cluster) probe(ctx context.Context) {
 			_, err = c.meta.Resource(serviceAccountsGVR).List(pctx, metav1.ListOptions{Limit: 1})
 		}
 		cancel()
+		c.checkCapacity()
 		switch {
 		case err == nil:
 			c.lastContact.Store(time.Now().UnixNano())
@@ -548,6 +608,7 @@ func (c *Cluster) State() State { return c.state.Load().(State) }
 // succeeds again.
 func (c *Cluster) Synced() bool {
 	return c.State() == Synced && c.failing[kindPods].Load() == nil && c.failing[kindServiceAccounts].Load() == nil &&
+		c.overCapacity.Load() == nil &&
 		time.Since(time.Unix(0, c.lastContact.Load())) < c.opts.StaleAfter
 }
 
@@ -556,6 +617,9 @@ func (c *Cluster) Synced() bool {
 func (c *Cluster) Staleness() (time.Duration, string) {
 	var d time.Duration
 	reason := ""
+	if f := c.overCapacity.Load(); f != nil {
+		d, reason = time.Since(f.since), f.err
+	}
 	for k := range c.failing {
 		if f := c.failing[k].Load(); f != nil {
 			if s := time.Since(f.since); s > d {
@@ -678,6 +742,9 @@ func (p *podEntry) pod() Pod {
 	}
 	return pod
 }
+
+// MaxObjects is the cap on cached pods plus service accounts.
+func (c *Cluster) MaxObjects() int { return c.opts.MaxObjects }
 
 // Counts is the number of cached pods and service accounts.
 func (c *Cluster) Counts() (pods, serviceAccounts int) {

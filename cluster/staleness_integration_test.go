@@ -150,3 +150,52 @@ func TestViewStopsDecidingWhenItsWatchesAreThrottled(t *testing.T) {
 	took = until(t, "synced again", 30*time.Second, c.Synced)
 	t.Logf("throttling over: synced again after %s", took.Round(time.Millisecond))
 }
+
+// TestViewStopsAtItsObjectCap: a cluster with more objects than the cap
+// (pods plus service accounts) is not decided locally: a list that would
+// take the cache past the cap is refused before it is stored, and objects that
+// arrive by watch past the cap stop the view within a probe interval.
+func TestViewStopsAtItsObjectCap(t *testing.T) {
+	kube := testenv.StartKube(t)
+	kube.CreateNamespace(t, "shop")
+	kube.CreateServiceAccount(t, "shop", "cart")
+	_, sas := func() (int, int) {
+		c := startSynced(t, kube.RESTConfig, Options{})
+		return c.Counts()
+	}()
+	// Room for the service accounts and three pods.
+	maxObjects := sas + 3
+	c := startSynced(t, kube.RESTConfig, Options{MaxObjects: maxObjects})
+	for i := range 4 {
+		kube.CreatePod(t, "shop", "cart-"+string(rune('a'+i)), "cart")
+	}
+	took := until(t, "not synced past the cap", 5*time.Second, func() bool { return !c.Synced() })
+	_, reason := c.Staleness()
+	t.Logf("%d objects past a cap of %d: not synced after %s (%s)", sas+4, maxObjects, took.Round(time.Millisecond), reason)
+	if !strings.Contains(reason, "maxCachedObjects") {
+		t.Fatalf("staleness reason %q does not name the cap", reason)
+	}
+	pods, _ := c.Counts()
+	time.Sleep(1500 * time.Millisecond)
+	kube.CreatePod(t, "shop", "cart-late", "cart")
+	time.Sleep(1500 * time.Millisecond)
+	if now, _ := c.Counts(); now != pods {
+		t.Fatalf("the view kept caching after the cap: %d pods, then %d", pods, now)
+	}
+
+	// A view started on a cluster already past the cap never holds the
+	// list.
+	late, err := New("c2", kube.RESTConfig, Options{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), MaxObjects: maxObjects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	late.Start()
+	t.Cleanup(late.Stop)
+	until(t, "the first list refused", 10*time.Second, func() bool {
+		_, reason := late.Staleness()
+		return strings.Contains(reason, "a list of")
+	})
+	if p, sa := late.Counts(); p+sa > maxObjects || late.Synced() {
+		t.Fatalf("a view past its cap holds %d pods and %d service accounts (synced %v)", p, sa, late.Synced())
+	}
+}

@@ -206,6 +206,10 @@ type Kubernetes struct {
 	// QPS and Burst of each cluster's client (defaults 1000 / 2000).
 	QPS   float32 `json:"qps,omitempty"`
 	Burst int     `json:"burst,omitempty"`
+	// MaxCachedObjects caps the pods plus service accounts cached per
+	// cluster (default 250000); a cluster past it is verified by
+	// TokenReview until it is replaced.
+	MaxCachedObjects int `json:"maxCachedObjects,omitempty"`
 	// Clusters beyond the local one.
 	Clusters Clusters `json:"clusters,omitempty"`
 }
@@ -528,6 +532,9 @@ func (c *Config) Validate() error {
 	case "local", "tokenreview":
 	default:
 		bad("authn.kubernetes.verification", "%q is neither local nor tokenreview", c.Authn.Kubernetes.Verification)
+	}
+	if c.Authn.Kubernetes.MaxCachedObjects < 0 {
+		bad("authn.kubernetes.maxCachedObjects", "must not be negative")
 	}
 	if c.Authn.Kubernetes.QPS < 0 || c.Authn.Kubernetes.Burst < 0 {
 		bad("authn.kubernetes.qps", "qps and burst must not be negative")

@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -131,6 +133,22 @@ func TestGarbageTokensCostBoundedTokenReviews(t *testing.T) {
 	}
 	if unauthenticated.Load() < implausibleCount {
 		t.Fatalf("%d refused as Unauthenticated, want at least the %d implausible ones", unauthenticated.Load(), implausibleCount)
+	}
+
+	// The view stayed current through it, and says so.
+	resp, err := http.Get("http://" + b.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`meshca_cluster_stale_seconds{cluster="Kubernetes"} 0`,
+		`meshca_cluster_cached_objects_limit{cluster="Kubernetes"} 250000`,
+	} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("broker metrics lack %q", want)
+		}
 	}
 
 	// A real token still works right after the flood.
