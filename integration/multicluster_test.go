@@ -104,6 +104,8 @@ func twoClusters(t *testing.T) (c1, c2 *testenv.Kube) {
 func clusterOne(c *config.Config) {
 	c.ClusterID = "cluster1"
 	c.Authn.Kubernetes.Clusters.SecretNamespace = "istio-system"
+	// The test API servers listen on 127.0.0.1.
+	c.Authn.Kubernetes.Clusters.AllowLoopback = true
 	// The rotation test sends about a thousand certificates for one
 	// identity within seconds, beyond the per-identity budget's burst.
 	c.Limits.Issuance.Burst = 1 << 20
