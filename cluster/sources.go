@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -185,42 +184,45 @@ func (r *Registry) watchSecrets(ctx context.Context) {
 	}
 }
 
-// syncSecrets applies every remote secret, oldest first (so the first
-// Secret to claim a cluster keeps it), and withdraws the ones gone.
+// syncSecrets records every remote secret's claims, withdraws those of
+// the Secrets gone, and only then reconciles: each cluster goes to the
+// oldest Secret claiming it whatever order the events came in, and when
+// its owner is deleted or stops claiming it, the next claimant takes it
+// over in the same pass.
 func (r *Registry) syncSecrets(objs []any, seen map[source]bool) {
-	secrets := make([]*corev1.Secret, 0, len(objs))
-	for _, o := range objs {
-		if s, ok := o.(*corev1.Secret); ok {
-			secrets = append(secrets, s)
-		}
-	}
-	sort.Slice(secrets, func(i, j int) bool {
-		a, b := secrets[i].CreationTimestamp, secrets[j].CreationTimestamp
-		if !a.Equal(&b) {
-			return a.Before(&b)
-		}
-		return secrets[i].Name < secrets[j].Name
-	})
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
 	now := map[source]bool{}
-	for _, s := range secrets {
-		src := source("secret " + s.Namespace + "/" + s.Name)
+	changed := map[string]bool{}
+	for _, o := range objs {
+		s, ok := o.(*corev1.Secret)
+		if !ok {
+			continue
+		}
+		name := s.Namespace + "/" + s.Name
+		src := source("secret " + name)
 		now[src] = true
 		want := map[string]desired{}
 		for id, kubeconfig := range s.Data {
 			rc, err := RESTConfigFromKubeconfig(kubeconfig, r.cfg.KubeconfigPolicy)
 			if err != nil {
-				r.log.Error("remote secret refused", "secret", s.Namespace+"/"+s.Name, "key", id, "error", err)
+				r.log.Error("remote secret refused", "secret", name, "key", id, "error", err)
 				continue
 			}
 			want[id] = desired{kubeconfig: kubeconfig, rc: rc}
 		}
-		r.apply(src, want, r.owners)
+		for id := range r.setClaims(src, rank{created: s.CreationTimestamp.Time, name: name}, want) {
+			changed[id] = true
+		}
 	}
 	for src := range seen {
 		if !now[src] {
-			r.apply(src, map[string]desired{}, r.owners)
+			for id := range r.setClaims(src, rank{}, map[string]desired{}) {
+				changed[id] = true
+			}
 		}
 	}
+	r.reconcile(changed)
 	clear(seen)
 	for src := range now {
 		seen[src] = true
@@ -237,7 +239,7 @@ func (r *Registry) watchDir(ctx context.Context) {
 		if err != nil {
 			r.log.Error("kubeconfig directory unreadable; keeping the clusters it had", "dir", r.cfg.KubeconfigDir, "error", err)
 		} else {
-			r.apply(src, want, r.owners)
+			r.apply(src, rank{dir: true}, want)
 		}
 		select {
 		case <-ctx.Done():
