@@ -215,6 +215,13 @@ func TestMultiClusterFromRemoteSecrets(t *testing.T) {
 		if err := issue(token(c1, ""), "cluster1"); err != nil {
 			t.Errorf("cluster1 after a secret naming it: %v", err)
 		}
+		// The impostor would own cluster2 once its owner is deleted
+		// (below): it goes first.
+		for _, name := range []string{"istio-remote-secret-broken", "istio-remote-secret-impostor"} {
+			if err := c1.Client.CoreV1().Secrets("istio-system").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
 	})
 	t.Run("rotating the remote secret's credentials fails no request", func(t *testing.T) {
 		before := remoteServing(b, "cluster2")

@@ -102,7 +102,7 @@ func TestAgainstKubeAPIServer(t *testing.T) {
 		{name: "token from west presented to east", auth: a, token: token(west, []string{"istio-ca"}, ""), wantKind: authn.ErrDenied, wantMsg: "invalid bearer token"},
 		{name: "west token claiming to be east", auth: a, token: token(west, []string{"istio-ca"}, ""), clusterID: "east", wantKind: authn.ErrDenied},
 		{name: "west clusterid on a single-cluster broker", auth: a, token: token(west, []string{"istio-ca"}, ""), clusterID: "west",
-			wantKind: authn.ErrNoCredential, wantMsg: `unknown cluster "west" (this broker serves cluster "east")`},
+			wantKind: authn.ErrNoCredential, wantMsg: `unknown cluster "west"`},
 		// A cluster it does not serve is left to another authenticator;
 		// the chain refuses it when none claims it.
 		{name: "unknown clusterid", auth: a, token: good, clusterID: "Kubernetes", wantKind: authn.ErrNoCredential, wantMsg: `unknown cluster "Kubernetes"`},

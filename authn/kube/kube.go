@@ -248,7 +248,9 @@ func (r reviewers) Get(id string) (Cluster, string, error) {
 	}
 	rv, ok := r.reviewers[id]
 	if !ok || rv == nil {
-		return nil, "", fmt.Errorf("%w %q (this broker serves cluster %q)", cluster.ErrUnknown, id, r.local)
+		// Only the requested ID: the message reaches unauthenticated
+		// callers, who must not learn which clusters the broker serves.
+		return nil, "", fmt.Errorf("%w %q", cluster.ErrUnknown, id)
 	}
 	return reviewOnly{rv}, id, nil
 }

@@ -84,7 +84,7 @@ func TestAuthenticate(t *testing.T) {
 		{name: "good with pod", req: authn.Request{BearerToken: goodToken, ClusterID: "Kubernetes"}, status: withPod,
 			wantID: "spiffe://cluster.local/ns/team-a/sa/sa1", wantCluster: "Kubernetes", wantSubject: "system:serviceaccount:team-a:sa1 pod=web-0"},
 		{name: "unknown cluster", req: authn.Request{BearerToken: goodToken, ClusterID: "cluster2"}, status: ok("system:serviceaccount:a:b"),
-			wantKind: authn.ErrNoCredential, wantMsg: `unknown cluster "cluster2" (this broker serves cluster "Kubernetes")`},
+			wantKind: authn.ErrNoCredential, wantMsg: `unknown cluster "cluster2"`},
 		{name: "status error", req: authn.Request{BearerToken: goodToken},
 			status:   authenticationv1.TokenReviewStatus{Error: "[invalid bearer token, token audiences [\"other\"] is invalid for the target audiences [\"istio-ca\"]]"},
 			wantKind: authn.ErrDenied, wantMsg: "invalid bearer token"},
@@ -177,7 +177,7 @@ func TestRemoteClusters(t *testing.T) {
 		}
 	}
 	_, err = a.Authenticate(context.Background(), &authn.Request{BearerToken: goodToken, ClusterID: "Kubernetes"})
-	if !errors.Is(err, authn.ErrNoCredential) || !strings.Contains(err.Error(), `unknown cluster "Kubernetes" (this broker serves cluster "east")`) {
+	if !errors.Is(err, authn.ErrNoCredential) || !strings.Contains(err.Error(), `unknown cluster "Kubernetes"`) || strings.Contains(err.Error(), `"east"`) {
 		t.Fatalf("default cluster name on a named broker: %v", err)
 	}
 }
