@@ -253,7 +253,7 @@ func (r *Registry) setClaims(src source, rk rank, want map[string]desired) map[s
 	}
 	for id, d := range want {
 		prev, had := r.owners.claims[id][src]
-		if had && prev.rank == rk && bytes.Equal(prev.d.kubeconfig, d.kubeconfig) {
+		if had && !prev.rank.less(rk) && !rk.less(prev.rank) && bytes.Equal(prev.d.kubeconfig, d.kubeconfig) {
 			continue
 		}
 		cl := claim{rank: rk, d: d, refused: r.refusal(id)}
