@@ -345,13 +345,11 @@ func newClusters(cfg *config.Config, log *slog.Logger) (*cluster.Registry, error
 		return nil, fmt.Errorf("authn.kubernetes: %w", err)
 	}
 	rcfg := cluster.RegistryConfig{
-		LocalID:       cfg.ClusterID,
-		Local:         rc,
-		Aliases:       k.Clusters.Aliases,
-		KubeconfigDir: k.Clusters.KubeconfigDir,
-		KubeconfigPolicy: cluster.KubeconfigPolicy{
-			AllowExec: k.Clusters.AllowExec, AllowAuthProvider: k.Clusters.AllowAuthProvider, AllowFiles: k.Clusters.AllowFiles,
-		},
+		LocalID:          cfg.ClusterID,
+		Local:            rc,
+		Aliases:          k.Clusters.Aliases,
+		KubeconfigDir:    k.Clusters.KubeconfigDir,
+		KubeconfigPolicy: KubeconfigPolicy(k.Clusters),
 		Options: cluster.Options{
 			TrustDomain: spiffeid.RequireTrustDomainFromString(cfg.TrustDomain),
 			Audiences:   k.Audiences,
@@ -370,6 +368,16 @@ func newClusters(cfg *config.Config, log *slog.Logger) (*cluster.Registry, error
 		return nil, fmt.Errorf("authn.kubernetes.clusters: %w", err)
 	}
 	return reg, nil
+}
+
+// KubeconfigPolicy is what the configuration allows remote kubeconfigs
+// (the broker's registry and the trust command read them alike).
+func KubeconfigPolicy(cl config.Clusters) cluster.KubeconfigPolicy {
+	return cluster.KubeconfigPolicy{
+		AllowExec: cl.AllowExec, AllowAuthProvider: cl.AllowAuthProvider, AllowFiles: cl.AllowFiles,
+		AllowInsecureTLS: cl.AllowInsecureTLS, AllowPlaintext: cl.AllowPlaintext, AllowProxy: cl.AllowProxy,
+		AllowLoopback: cl.AllowLoopback, AllowLinkLocal: cl.AllowLinkLocal,
+	}
 }
 
 // extraRoots reads the configured extra trusted roots (nil when none).

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -49,8 +50,9 @@ type Registry struct {
 	pending  map[string]*Cluster // by ID, built and syncing, to replace remotes[ID]
 	newView  func(id string, rc *rest.Config) (*Cluster, error)
 	onChange []func()
-	owners   *ownerTable
-	// applyMu serialises the sources' updates.
+	// owners is guarded by applyMu, which serialises the sources'
+	// updates.
+	owners  *ownerTable
 	applyMu sync.Mutex
 }
 
@@ -94,7 +96,9 @@ func (r *Registry) Get(id string) (*Cluster, error) {
 	c := r.remotes[id]
 	r.mu.RUnlock()
 	if c == nil {
-		return nil, fmt.Errorf("%w %q (known: %s)", ErrUnknown, id, r.knownIDs())
+		// Only the requested ID: the message reaches unauthenticated
+		// callers, who must not learn which clusters the broker serves.
+		return nil, fmt.Errorf("%w %q", ErrUnknown, id)
 	}
 	return c, nil
 }
@@ -113,14 +117,6 @@ func (r *Registry) All() []*Cluster {
 		out = append(out, r.remotes[id])
 	}
 	return out
-}
-
-func (r *Registry) knownIDs() string {
-	ids := []string{r.cfg.LocalID}
-	for _, c := range r.All()[1:] {
-		ids = append(ids, c.ID)
-	}
-	return fmt.Sprint(ids)
 }
 
 // Run starts the local cluster and the remote-cluster sources and keeps
@@ -184,38 +180,147 @@ type desired struct {
 	rc         *rest.Config
 }
 
-// apply makes the remote clusters from src match want: new IDs are added,
-// changed ones replaced make-before-break, missing ones removed. owners
-// tracks which source owns each ID: the first to claim it.
-func (r *Registry) apply(src source, want map[string]desired, owners *ownerTable) {
+// rank orders the sources claiming one cluster ID; the lowest owns it.
+// It depends on the sources alone, never on the order events arrived in,
+// so every replica picks the same owner.
+type rank struct {
+	// dir: the kubeconfig directory is the deployment's own configuration
+	// (the same on every replica), and ranks before any Secret, which
+	// anyone allowed to write Secrets in the namespace can add.
+	dir bool
+	// created is the Secret's creationTimestamp: the oldest Secret owns
+	// the ID, so a newer one cannot take a cluster over.
+	created time.Time
+	// name (namespace/name) breaks ties: timestamps have second
+	// resolution.
+	name string
+}
+
+func (a rank) less(b rank) bool {
+	switch {
+	case a.dir != b.dir:
+		return a.dir
+	case !a.created.Equal(b.created):
+		return a.created.Before(b.created)
+	}
+	return a.name < b.name
+}
+
+// claim is what one source says about one cluster ID.
+type claim struct {
+	rank rank
+	d    desired
+	// refused says why this claim can never own the ID ("" if it can).
+	refused string
+}
+
+// refusal says why no source may claim id: the local cluster, or an
+// alias, is resolved before any remote cluster is looked up, so a remote
+// secret under either name would never be served, or would shadow the
+// real cluster if the resolution ever changed.
+func (r *Registry) refusal(id string) string {
+	if id == r.cfg.LocalID {
+		return "it is the local cluster's ID"
+	}
+	if target, ok := r.cfg.Aliases[id]; ok {
+		return fmt.Sprintf("it is an alias (of %q)", target)
+	}
+	return ""
+}
+
+// apply makes the remote clusters from src match want: its claims are
+// recorded and every cluster whose claims changed is reconciled.
+func (r *Registry) apply(src source, rk rank, want map[string]desired) {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
-	for id := range want {
-		switch {
-		case id == r.cfg.LocalID:
-			r.log.Warn("remote cluster configuration names the local cluster; ignored", "source", src, "cluster", id)
-			delete(want, id)
-		case !owners.claim(id, src):
-			r.log.Warn("two remote cluster configurations claim one cluster; the first wins", "cluster", id, "ignored", src, "owner", owners.owner(id))
-			delete(want, id)
+	r.reconcile(r.setClaims(src, rk, want))
+}
+
+// setClaims records what src now says and returns the IDs whose claims
+// changed. The caller holds applyMu.
+func (r *Registry) setClaims(src source, rk rank, want map[string]desired) map[string]bool {
+	changed := map[string]bool{}
+	for id, byID := range r.owners.claims {
+		if _, ok := want[id]; !ok {
+			if _, had := byID[src]; had {
+				delete(byID, src)
+				if len(byID) == 0 {
+					delete(r.owners.claims, id)
+				}
+				changed[id] = true
+			}
 		}
-	}
-	for _, id := range owners.release(src, want) {
-		r.remove(id, src)
 	}
 	for id, d := range want {
-		if owners.unchanged(id, d.kubeconfig) {
+		prev, had := r.owners.claims[id][src]
+		if had && !prev.rank.less(rk) && !rk.less(prev.rank) && bytes.Equal(prev.d.kubeconfig, d.kubeconfig) {
 			continue
 		}
-		owners.set(id, d.kubeconfig)
-		r.replace(id, d.rc, src)
+		cl := claim{rank: rk, d: d, refused: r.refusal(id)}
+		if cl.refused != "" {
+			r.log.Error("remote cluster configuration refused: "+cl.refused, "source", src, "cluster", id)
+		}
+		if r.owners.claims[id] == nil {
+			r.owners.claims[id] = map[source]claim{}
+		}
+		r.owners.claims[id][src] = cl
+		changed[id] = true
+	}
+	return changed
+}
+
+// reconcile gives each of ids to its owner: the lowest-ranked claim that
+// is not refused. A new owner, or the owner's new configuration, gets a
+// new client (make-before-break, see replace); an ID nobody claims any
+// more is removed. The caller holds applyMu.
+func (r *Registry) reconcile(ids map[string]bool) {
+	sorted := make([]string, 0, len(ids))
+	for id := range ids {
+		sorted = append(sorted, id)
+	}
+	sort.Strings(sorted)
+	for _, id := range sorted {
+		owner, others := r.owners.owner(id)
+		cur, serving := r.owners.serving[id]
+		if owner == "" {
+			if serving {
+				delete(r.owners.serving, id)
+				r.remove(id, cur.src)
+			}
+			continue
+		}
+		if len(others) > 0 {
+			r.log.Warn("several remote cluster configurations claim one cluster; the oldest Secret (the kubeconfig directory before any) owns it", "cluster", id, "owner", owner, "ignored", others)
+		}
+		d := r.owners.claims[id][owner].d
+		if serving && cur.src == owner && bytes.Equal(cur.kubeconfig, d.kubeconfig) {
+			continue
+		}
+		rotation := serving && cur.src == owner
+		if serving && !rotation {
+			r.log.Info("remote cluster handed to the next configuration claiming it", "cluster", id, "from", cur.src, "to", owner)
+		}
+		r.owners.serving[id] = served{src: owner, kubeconfig: d.kubeconfig}
+		r.replace(id, d.rc, owner, rotation)
 	}
 }
 
-// replace builds a new view of cluster id and, once it has synced (or the
-// sync timeout has passed), makes it the serving one and stops the old:
-// requests keep being served by the old client meanwhile.
-func (r *Registry) replace(id string, rc *rest.Config, src source) {
+// replace builds a new view of cluster id and makes it the serving one
+// once it has synced; the old one keeps serving meanwhile and is stopped
+// after the swap. When the new view has not synced within the sync
+// timeout:
+//   - a rotation (the same source's new credentials) while the old view
+//     is synced keeps the old one: the new credential is logged as failed
+//     and the new view keeps retrying in the background; it is swapped in
+//     if it ever syncs, and dropped when the source changes again. A
+//     broken rotation (a revoked or mistyped token) thus costs nothing
+//     but the error log, and a slow one (RBAC granted after the Secret)
+//     completes by itself;
+//   - a new cluster, a hand-over to another source, or an old view that
+//     never synced either swaps at the timeout: there is no working view
+//     to keep (or the old owner withdrew), and the new one serves by
+//     TokenReview until it syncs.
+func (r *Registry) replace(id string, rc *rest.Config, src source, rotation bool) {
 	c, err := r.newView(id, rc)
 	if err != nil {
 		r.log.Error("remote cluster refused", "cluster", id, "source", src, "error", err)
@@ -232,8 +337,25 @@ func (r *Registry) replace(id string, rc *rest.Config, src source) {
 	r.log.Info("remote cluster configuration received; syncing", "cluster", id, "source", src, "replacing", existed)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Options.SyncTimeout)
-		synced := c.WaitSynced(ctx)
+		synced := waitSyncedOrStopped(ctx, c)
 		cancel()
+		if !synced {
+			r.mu.RLock()
+			current, old := r.pending[id] == c, r.remotes[id]
+			r.mu.RUnlock()
+			if !current {
+				return // replaced or removed meanwhile
+			}
+			if rotation && old != nil && old.State() == Synced {
+				_, reason := c.Staleness()
+				r.log.Error("remote cluster's new credential failed: not synced within the sync timeout; the old client keeps serving, the new one keeps retrying and replaces it once it syncs",
+					"cluster", id, "source", src, "timeout", r.cfg.Options.SyncTimeout, "error", reason)
+				if !waitSyncedOrStopped(context.Background(), c) {
+					return // replaced, removed or stopped before it synced
+				}
+				synced = true
+			}
+		}
 		r.mu.Lock()
 		if r.pending[id] != c {
 			r.mu.Unlock()
@@ -258,6 +380,19 @@ func (r *Registry) replace(id string, rc *rest.Config, src source) {
 	}()
 }
 
+// waitSyncedOrStopped waits until c synced (true), or was stopped or ctx
+// ended (false).
+func waitSyncedOrStopped(ctx context.Context, c *Cluster) bool {
+	select {
+	case <-c.synced:
+		return true
+	case <-c.done:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
 func (r *Registry) remove(id string, src source) {
 	r.mu.Lock()
 	old, pend := r.remotes[id], r.pending[id]
@@ -276,60 +411,41 @@ func (r *Registry) remove(id string, src source) {
 	}
 }
 
-// ownerTable remembers which source owns each remote cluster ID and the
-// configuration it last applied.
+// ownerTable holds every source's claims on remote cluster IDs and what
+// the registry applied for each ID. It is guarded by Registry.applyMu.
 type ownerTable struct {
-	mu     sync.Mutex
-	owners map[string]source
-	config map[string][]byte
+	claims  map[string]map[source]claim // by cluster ID, by source
+	serving map[string]served           // by cluster ID
+}
+
+// served is the configuration applied for an ID (serving or syncing).
+type served struct {
+	src        source
+	kubeconfig []byte
 }
 
 func newOwnerTable() *ownerTable {
-	return &ownerTable{owners: map[string]source{}, config: map[string][]byte{}}
+	return &ownerTable{claims: map[string]map[source]claim{}, serving: map[string]served{}}
 }
 
-func (o *ownerTable) claim(id string, src source) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if cur, ok := o.owners[id]; ok && cur != src {
-		return false
-	}
-	o.owners[id] = src
-	return true
-}
-
-func (o *ownerTable) owner(id string) source {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.owners[id]
-}
-
-// release drops src's IDs that want no longer has and returns them.
-func (o *ownerTable) release(src source, want map[string]desired) []string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	var gone []string
-	for id, s := range o.owners {
-		if _, ok := want[id]; s == src && !ok {
-			delete(o.owners, id)
-			delete(o.config, id)
-			gone = append(gone, id)
+// owner is the lowest-ranked claim on id that is not refused ("" when
+// none), and the other sources whose claims it overrides.
+func (o *ownerTable) owner(id string) (source, []source) {
+	var best source
+	var bestRank rank
+	var valid []source
+	for src, cl := range o.claims[id] {
+		if cl.refused != "" {
+			continue
+		}
+		valid = append(valid, src)
+		if best == "" || cl.rank.less(bestRank) {
+			best, bestRank = src, cl.rank
 		}
 	}
-	return gone
-}
-
-func (o *ownerTable) unchanged(id string, kubeconfig []byte) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	prev, ok := o.config[id]
-	return ok && string(prev) == string(kubeconfig)
-}
-
-func (o *ownerTable) set(id string, kubeconfig []byte) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.config[id] = kubeconfig
+	others := slices.DeleteFunc(valid, func(s source) bool { return s == best })
+	slices.Sort(others)
+	return best, others
 }
 
 // pollInterval is how often the kubeconfig directory is re-read.

@@ -3,9 +3,10 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -22,17 +23,34 @@ import (
 const MultiClusterLabel = "istio/multiCluster"
 
 // KubeconfigPolicy says what a remote cluster's kubeconfig may do. A
-// kubeconfig in a Secret is untrusted input: an exec plugin runs a command
-// in the broker's container, an auth provider or a file reference reads
-// what the broker can read. All are refused unless allowed.
+// kubeconfig in a Secret is untrusted input: whoever may write a Secret in
+// the broker's namespace writes it. An exec plugin runs a command in the
+// broker's container, an auth provider or a file reference reads what the
+// broker can read; a server on loopback or link-local addresses (cloud
+// metadata endpoints) turns the broker's requests against its own pod or
+// node; a plaintext server, skipped TLS verification or a proxy hand the
+// bearer token to whoever is on the path. All are refused unless allowed.
 type KubeconfigPolicy struct {
 	AllowExec         bool
 	AllowAuthProvider bool
 	AllowFiles        bool
+	// AllowInsecureTLS allows insecure-skip-tls-verify: true.
+	AllowInsecureTLS bool
+	// AllowPlaintext allows an http:// server (the token sent in clear).
+	AllowPlaintext bool
+	// AllowProxy allows proxy-url.
+	AllowProxy bool
+	// AllowLoopback allows a server on a loopback or unspecified address,
+	// or named localhost (tests whose API servers listen on 127.0.0.1).
+	AllowLoopback bool
+	// AllowLinkLocal allows a server on a link-local address
+	// (169.254.0.0/16, fe80::/10: cloud metadata endpoints among them).
+	AllowLinkLocal bool
 }
 
 // RESTConfigFromKubeconfig checks a kubeconfig against the policy and
-// returns the REST configuration of its current context.
+// returns the REST configuration of its current context. Each refusal
+// names what was refused and the policy setting that would allow it.
 func RESTConfigFromKubeconfig(raw []byte, p KubeconfigPolicy) (*rest.Config, error) {
 	kc, err := clientcmd.Load(raw)
 	if err != nil {
@@ -46,21 +64,88 @@ func RESTConfigFromKubeconfig(raw []byte, p KubeconfigPolicy) (*rest.Config, err
 	if u := kc.AuthInfos[kctx.AuthInfo]; u != nil {
 		switch {
 		case u.Exec != nil && !p.AllowExec:
-			return nil, fmt.Errorf("kubeconfig user %q runs an exec plugin (%s); not allowed for remote clusters", kctx.AuthInfo, u.Exec.Command)
+			return nil, fmt.Errorf("kubeconfig user %q runs an exec plugin (%s); not allowed for remote clusters (allowExec)", kctx.AuthInfo, u.Exec.Command)
 		case u.AuthProvider != nil && !p.AllowAuthProvider:
-			return nil, fmt.Errorf("kubeconfig user %q uses auth provider %q; not allowed for remote clusters", kctx.AuthInfo, u.AuthProvider.Name)
+			return nil, fmt.Errorf("kubeconfig user %q uses auth provider %q; not allowed for remote clusters (allowAuthProvider)", kctx.AuthInfo, u.AuthProvider.Name)
 		case !p.AllowFiles && (u.ClientCertificate != "" || u.ClientKey != "" || u.TokenFile != ""):
-			return nil, fmt.Errorf("kubeconfig user %q refers to files on the broker's disk; not allowed for remote clusters (inline the data)", kctx.AuthInfo)
+			return nil, fmt.Errorf("kubeconfig user %q refers to files on the broker's disk; not allowed for remote clusters (inline the data, or allowFiles)", kctx.AuthInfo)
 		}
 	}
-	if c := kc.Clusters[kctx.Cluster]; c != nil && c.CertificateAuthority != "" && !p.AllowFiles {
-		return nil, fmt.Errorf("kubeconfig cluster %q refers to a CA file on the broker's disk; not allowed for remote clusters (inline certificate-authority-data)", kctx.Cluster)
+	c := kc.Clusters[kctx.Cluster]
+	if c == nil {
+		return nil, fmt.Errorf("kubeconfig's current context names cluster %q, which does not exist", kctx.Cluster)
+	}
+	if c.CertificateAuthority != "" && !p.AllowFiles {
+		return nil, fmt.Errorf("kubeconfig cluster %q refers to a CA file on the broker's disk; not allowed for remote clusters (inline certificate-authority-data, or allowFiles)", kctx.Cluster)
+	}
+	if c.InsecureSkipTLSVerify && !p.AllowInsecureTLS {
+		return nil, fmt.Errorf("kubeconfig cluster %q sets insecure-skip-tls-verify: true; not allowed for remote clusters (allowInsecureTLS)", kctx.Cluster)
+	}
+	if c.ProxyURL != "" && !p.AllowProxy {
+		return nil, fmt.Errorf("kubeconfig cluster %q sets proxy-url %q; not allowed for remote clusters (allowProxy)", kctx.Cluster, c.ProxyURL)
+	}
+	if err := checkServer(c.Server, p); err != nil {
+		return nil, fmt.Errorf("kubeconfig cluster %q: %w", kctx.Cluster, err)
 	}
 	rc, err := clientcmd.NewNonInteractiveClientConfig(*kc, ctxName, &clientcmd.ConfigOverrides{}, nil).ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	return rc, nil
+}
+
+// checkServer refuses a server URL the policy does not allow. The scheme
+// must be explicit: without one client-go picks http when no CA or client
+// certificate is set. The host is judged as written: an IP literal by its
+// address, localhost by its name; any other name is not resolved (the
+// answer could change between this check and the connection, and DNS is
+// not the broker's to trust either way), so a name that resolves to a
+// loopback or link-local address is not caught here.
+func checkServer(server string, p KubeconfigPolicy) error {
+	u, err := url.Parse(server)
+	if err != nil {
+		return fmt.Errorf("server %q is not a URL: %w", server, err)
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !p.AllowPlaintext {
+			return fmt.Errorf("server %q is plaintext http (the bearer token would be sent in clear); not allowed for remote clusters (allowPlaintext)", server)
+		}
+	default:
+		return fmt.Errorf("server %q has no https:// scheme; not allowed for remote clusters", server)
+	}
+	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	if host == "" {
+		return fmt.Errorf("server %q has no host", server)
+	}
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		// RFC 6761: localhost names are loopback whatever DNS says.
+		if !p.AllowLoopback {
+			return fmt.Errorf("server %q is on localhost; not allowed for remote clusters (allowLoopback)", server)
+		}
+		return nil
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		// A name. One whose last label is numeric is no DNS name but a
+		// legacy address form (127.1, 0x7f000001, 2130706433) that some
+		// resolvers turn into an address netip does not parse: refused.
+		last := host[strings.LastIndex(host, ".")+1:]
+		if last != "" && (strings.HasPrefix(last, "0x") || strings.Trim(last, "0123456789") == "") {
+			return fmt.Errorf("server %q has a numeric host that is not a plain IP address; not allowed for remote clusters", server)
+		}
+		return nil
+	}
+	addr = addr.Unmap() // ::ffff:127.0.0.1 is 127.0.0.1
+	switch {
+	case (addr.IsLoopback() || addr.IsUnspecified()) && !p.AllowLoopback:
+		// The unspecified address reaches the local host when dialled.
+		return fmt.Errorf("server %q is on loopback address %s; not allowed for remote clusters (allowLoopback)", server, addr)
+	case (addr.IsLinkLocalUnicast() || addr.IsLinkLocalMulticast()) && !p.AllowLinkLocal:
+		return fmt.Errorf("server %q is on link-local address %s (cloud metadata endpoints live there); not allowed for remote clusters (allowLinkLocal)", server, addr)
+	}
+	return nil
 }
 
 // watchSecrets follows the remote secrets in the broker's namespace of
@@ -99,42 +184,45 @@ func (r *Registry) watchSecrets(ctx context.Context) {
 	}
 }
 
-// syncSecrets applies every remote secret, oldest first (so the first
-// Secret to claim a cluster keeps it), and withdraws the ones gone.
+// syncSecrets records every remote secret's claims, withdraws those of
+// the Secrets gone, and only then reconciles: each cluster goes to the
+// oldest Secret claiming it whatever order the events came in, and when
+// its owner is deleted or stops claiming it, the next claimant takes it
+// over in the same pass.
 func (r *Registry) syncSecrets(objs []any, seen map[source]bool) {
-	secrets := make([]*corev1.Secret, 0, len(objs))
-	for _, o := range objs {
-		if s, ok := o.(*corev1.Secret); ok {
-			secrets = append(secrets, s)
-		}
-	}
-	sort.Slice(secrets, func(i, j int) bool {
-		a, b := secrets[i].CreationTimestamp, secrets[j].CreationTimestamp
-		if !a.Equal(&b) {
-			return a.Before(&b)
-		}
-		return secrets[i].Name < secrets[j].Name
-	})
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
 	now := map[source]bool{}
-	for _, s := range secrets {
-		src := source("secret " + s.Namespace + "/" + s.Name)
+	changed := map[string]bool{}
+	for _, o := range objs {
+		s, ok := o.(*corev1.Secret)
+		if !ok {
+			continue
+		}
+		name := s.Namespace + "/" + s.Name
+		src := source("secret " + name)
 		now[src] = true
 		want := map[string]desired{}
 		for id, kubeconfig := range s.Data {
 			rc, err := RESTConfigFromKubeconfig(kubeconfig, r.cfg.KubeconfigPolicy)
 			if err != nil {
-				r.log.Error("remote secret refused", "secret", s.Namespace+"/"+s.Name, "key", id, "error", err)
+				r.log.Error("remote secret refused", "secret", name, "key", id, "error", err)
 				continue
 			}
 			want[id] = desired{kubeconfig: kubeconfig, rc: rc}
 		}
-		r.apply(src, want, r.owners)
+		for id := range r.setClaims(src, rank{created: s.CreationTimestamp.Time, name: name}, want) {
+			changed[id] = true
+		}
 	}
 	for src := range seen {
 		if !now[src] {
-			r.apply(src, map[string]desired{}, r.owners)
+			for id := range r.setClaims(src, rank{}, map[string]desired{}) {
+				changed[id] = true
+			}
 		}
 	}
+	r.reconcile(changed)
 	clear(seen)
 	for src := range now {
 		seen[src] = true
@@ -151,7 +239,7 @@ func (r *Registry) watchDir(ctx context.Context) {
 		if err != nil {
 			r.log.Error("kubeconfig directory unreadable; keeping the clusters it had", "dir", r.cfg.KubeconfigDir, "error", err)
 		} else {
-			r.apply(src, want, r.owners)
+			r.apply(src, rank{dir: true}, want)
 		}
 		select {
 		case <-ctx.Done():

@@ -226,10 +226,21 @@ type Clusters struct {
 	// Aliases: another name of a cluster -> its ID.
 	Aliases map[string]string `json:"aliases,omitempty"`
 	// What remote kubeconfigs may do (all false by default: they are
-	// untrusted input).
+	// untrusted input, see cluster.KubeconfigPolicy).
 	AllowExec         bool `json:"allowExec,omitempty"`
 	AllowAuthProvider bool `json:"allowAuthProvider,omitempty"`
 	AllowFiles        bool `json:"allowFiles,omitempty"`
+	// AllowInsecureTLS: insecure-skip-tls-verify: true.
+	AllowInsecureTLS bool `json:"allowInsecureTLS,omitempty"`
+	// AllowPlaintext: an http:// server (the bearer token in clear).
+	AllowPlaintext bool `json:"allowPlaintext,omitempty"`
+	// AllowProxy: proxy-url.
+	AllowProxy bool `json:"allowProxy,omitempty"`
+	// AllowLoopback: a server on a loopback address or localhost.
+	AllowLoopback bool `json:"allowLoopback,omitempty"`
+	// AllowLinkLocal: a server on a link-local address (169.254.0.0/16,
+	// fe80::/10, where cloud metadata endpoints are).
+	AllowLinkLocal bool `json:"allowLinkLocal,omitempty"`
 	// SyncTimeout: a cluster not synced by then is reported failed and
 	// verified by TokenReview meanwhile (default 30s).
 	SyncTimeout Duration `json:"syncTimeout,omitempty"`
@@ -544,9 +555,21 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("authn.nodeAgents[%d]", i), "%q is not <namespace>/<service account>", a)
 		}
 	}
+	// An alias is resolved before the cluster is looked up, so one named
+	// like a cluster the broker serves would take that cluster's agents
+	// elsewhere.
+	declared := map[string]string{c.ClusterID: "clusterID"}
+	for i, j := range c.Authn.JWKS {
+		if _, ok := declared[j.ClusterID]; !ok {
+			declared[j.ClusterID] = fmt.Sprintf("authn.jwks[%d].clusterID", i)
+		}
+	}
 	for alias, id := range c.Authn.Kubernetes.Clusters.Aliases {
-		if alias == "" || id == "" || alias == id {
+		switch {
+		case alias == "" || id == "" || alias == id:
 			bad("authn.kubernetes.clusters.aliases", "%q -> %q is not an alias", alias, id)
+		case declared[alias] != "":
+			bad("authn.kubernetes.clusters.aliases", "alias %q is the ID of a cluster the broker serves (%s); an alias must be another name", alias, declared[alias])
 		}
 	}
 	if d := c.Authn.Kubernetes.Clusters.SyncTimeout.Duration; d <= 0 || d > 10*time.Minute {

@@ -68,6 +68,10 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"no streams", "limits:\n  maxStreams: -1", "limits.maxStreams"},
 		{"no burst", "limits:\n  issuance:\n    burst: -1", "limits.issuance.burst"},
 		{"refill too slow", "limits:\n  issuance:\n    refill: 48h", "limits.issuance.refill"},
+		{"alias of nothing", "authn:\n  kubernetes:\n    clusters:\n      aliases: {west: west}", "authn.kubernetes.clusters.aliases"},
+		{"alias named like the local cluster", "clusterID: east\nauthn:\n  kubernetes:\n    clusters:\n      aliases: {east: west}", `alias "east" is the ID of a cluster the broker serves (clusterID)`},
+		{"alias named like the default local cluster", "authn:\n  kubernetes:\n    clusters:\n      aliases: {Kubernetes: west}", `alias "Kubernetes" is the ID of a cluster the broker serves (clusterID)`},
+		{"alias named like a key set's cluster", "authn:\n  kubernetes:\n    clusters:\n      aliases: {vm: west}\n  jwks:\n    - {issuer: x, file: /x, clusterID: vm}", `alias "vm" is the ID of a cluster the broker serves (authn.jwks[0].clusterID)`},
 		{"weak rsa", "policy:\n  keys:\n    rsaMinBits: 1024\n    rsaMaxBits: 4096", "rsaMinBits"},
 	}
 	for _, tc := range cases {

@@ -104,6 +104,8 @@ func twoClusters(t *testing.T) (c1, c2 *testenv.Kube) {
 func clusterOne(c *config.Config) {
 	c.ClusterID = "cluster1"
 	c.Authn.Kubernetes.Clusters.SecretNamespace = "istio-system"
+	// The test API servers listen on 127.0.0.1.
+	c.Authn.Kubernetes.Clusters.AllowLoopback = true
 	// The rotation test sends about a thousand certificates for one
 	// identity within seconds, beyond the per-identity budget's burst.
 	c.Limits.Issuance.Burst = 1 << 20
@@ -212,6 +214,13 @@ func TestMultiClusterFromRemoteSecrets(t *testing.T) {
 		}
 		if err := issue(token(c1, ""), "cluster1"); err != nil {
 			t.Errorf("cluster1 after a secret naming it: %v", err)
+		}
+		// The impostor would own cluster2 once its owner is deleted
+		// (below): it goes first.
+		for _, name := range []string{"istio-remote-secret-broken", "istio-remote-secret-impostor"} {
+			if err := c1.Client.CoreV1().Secrets("istio-system").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 	t.Run("rotating the remote secret's credentials fails no request", func(t *testing.T) {

@@ -261,7 +261,9 @@ func TestPublishTwoClusters(t *testing.T) {
 		LocalID:       "cluster1",
 		Local:         k1.RESTConfigForToken(tok1),
 		KubeconfigDir: dir,
-		Options:       cluster.Options{Log: log.With("part", "registry"), TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), SyncTimeout: 20 * time.Second},
+		// The test API servers listen on 127.0.0.1.
+		KubeconfigPolicy: cluster.KubeconfigPolicy{AllowLoopback: true},
+		Options:          cluster.Options{Log: log.With("part", "registry"), TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), SyncTimeout: 20 * time.Second},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -298,7 +298,8 @@ func (r reviewers) Get(id string) (Cluster, string, error) {
 	}
 	rv, ok := r.reviewers[id]
 	if !ok || rv == nil {
-		// Unauthenticated callers read this: it names only what they asked.
+		// Only the requested ID: the message reaches unauthenticated
+		// callers, who must not learn which clusters the broker serves.
 		return nil, "", fmt.Errorf("%w %q", cluster.ErrUnknown, id)
 	}
 	return reviewOnly{rv}, id, nil

@@ -22,6 +22,7 @@ import (
 
 	"github.com/meshca/broker/authn/kube"
 	"github.com/meshca/broker/backends"
+	"github.com/meshca/broker/broker"
 	"github.com/meshca/broker/cluster"
 	"github.com/meshca/broker/config"
 	"github.com/meshca/broker/trust"
@@ -147,7 +148,7 @@ func statusClusters(ctx context.Context, cfg *config.Config) (map[string]kuberne
 	if err != nil {
 		return nil, fmt.Errorf("listing remote secrets: %w", err)
 	}
-	policy := cluster.KubeconfigPolicy{AllowExec: cl.AllowExec, AllowAuthProvider: cl.AllowAuthProvider, AllowFiles: cl.AllowFiles}
+	policy := broker.KubeconfigPolicy(cl)
 	for _, s := range secrets.Items {
 		for id, kc := range s.Data {
 			if _, dup := out[id]; dup {
@@ -155,7 +156,7 @@ func statusClusters(ctx context.Context, cfg *config.Config) (map[string]kuberne
 			}
 			var rrc *rest.Config
 			if rrc, err = cluster.RESTConfigFromKubeconfig(kc, policy); err != nil {
-				fmt.Fprintf(os.Stderr, "remote secret %s key %s: %v\n", s.Name, id, err)
+				fmt.Fprintf(os.Stderr, "remote secret %s/%s key %s refused: %v\n", s.Namespace, s.Name, id, err)
 				continue
 			}
 			if c, err := kubernetes.NewForConfig(rrc); err == nil {
