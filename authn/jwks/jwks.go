@@ -2,8 +2,12 @@
 // service-account token locally, against the issuer's JSON Web Key Set,
 // without asking the API server.
 //
-// It serves clusters whose API server the broker cannot call for every
-// request (remote or air-gapped clusters, or to spare the API server).
+// Configured (authn.jwks), it serves callers outside every cluster the
+// broker checks against live objects: a VM fleet's or CI system's issuer
+// of service-account-shaped tokens, or a cluster whose API server the
+// broker cannot reach. Package cluster uses it for the first step of its
+// own checks of a served cluster's tokens.
+//
 // The price: local verification sees only the token. A pod-bound token
 // stays valid here until it expires even after its pod is deleted, and a
 // deleted service account is not noticed; only TokenReview (package
@@ -106,8 +110,7 @@ type Config struct {
 	// --service-account-key-file), re-read on every refresh so a rotated
 	// file is picked up.
 	File string
-	// URL is where the JWKS is fetched, e.g.
-	// https://<apiserver>/openid/v1/jwks.
+	// URL is where the JWKS is fetched: the issuer's jwks_uri.
 	URL string
 	// CAFile / CAPEM verify URL's TLS certificate (default: system roots).
 	CAFile string
