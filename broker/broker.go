@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -468,6 +469,11 @@ func authenticators(cfg *config.Config, anchors *trust.Bundle, issuers *trust.Is
 			Audiences:       j.Audiences,
 			ClusterID:       j.ClusterID,
 			TrustDomain:     td,
+			MaxKeyAge:       j.MaxKeyAge.Duration,
+			// A token bound to a pod, secret or node is a cluster's, and
+			// only a cluster check sees that its object is gone.
+			RefuseKubernetesBound: !j.AllowKubernetesBoundTokens,
+			ServedBy:              issuerOwner(clusters),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("authn.jwks[%d]: %w", i, err)
@@ -505,6 +511,34 @@ func authenticators(cfg *config.Config, anchors *trust.Bundle, issuers *trust.Is
 		return nil, errors.New("authn: no authenticator configured")
 	}
 	return chain, nil
+}
+
+// issuerOwner names the cluster of the live registry whose service-account
+// issuer is issuer, so that a jwks entry never verifies, without its
+// live-object checks, the tokens of a cluster the broker serves (nil
+// without Kubernetes authentication: then there is none). A cluster
+// whose issuer is not known yet (not reached since it joined) may be the
+// one, so until every issuer is known it cannot tell, and the key set's
+// tokens wait (Unavailable, retried) rather than slip through.
+func issuerOwner(r *cluster.Registry) func(string) (string, error) {
+	if r == nil {
+		return nil
+	}
+	return func(issuer string) (string, error) {
+		var unknown []string
+		for _, c := range r.All() {
+			switch c.Issuer() {
+			case issuer:
+				return c.ID, nil
+			case "":
+				unknown = append(unknown, c.ID)
+			}
+		}
+		if len(unknown) > 0 {
+			return "", fmt.Errorf("the service-account issuer of cluster %s is not known yet", strings.Join(unknown, ", "))
+		}
+		return "", nil
+	}
 }
 
 // transportOptions shape the gRPC transport for what a mass restart

@@ -49,7 +49,7 @@ func start(t testing.TB, mod func(*config.Config)) *env {
 		DataDir:       dir,
 		Authn: config.Authn{
 			Kubernetes: config.Kubernetes{Enabled: &off},
-			JWKS:       []config.JWKS{{Issuer: iss.URL, File: jwksFile}},
+			JWKS:       []config.JWKS{{Issuer: iss.URL, File: jwksFile, ClusterID: "Kubernetes"}},
 		},
 	}
 	if mod != nil {

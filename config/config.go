@@ -246,7 +246,10 @@ type Clusters struct {
 	SyncTimeout Duration `json:"syncTimeout,omitempty"`
 }
 
-// JWKS verifies tokens locally against a key set.
+// JWKS verifies tokens locally against a key set, for callers outside
+// every cluster the broker checks against live objects (VMs, CI jobs with
+// their own OIDC issuer). It sees only the token: a token bound to a
+// deleted pod stays good here until it expires.
 type JWKS struct {
 	Issuer    string   `json:"issuer"`
 	File      string   `json:"file,omitempty"`
@@ -254,8 +257,28 @@ type JWKS struct {
 	CAFile    string   `json:"caFile,omitempty"`
 	TokenFile string   `json:"tokenFile,omitempty"`
 	Audiences []string `json:"audiences,omitempty"`
-	ClusterID string   `json:"clusterID,omitempty"`
+	// ClusterID is the cluster ID these callers' agents send. Required,
+	// with no default: defaulting it to the broker's own cluster would
+	// make this key set a second, laxer verifier of that cluster's tokens.
+	// With authn.kubernetes on it must name no cluster the broker serves.
+	ClusterID string `json:"clusterID,omitempty"`
+	// MaxKeyAge: keys are used at most this long after their last
+	// successful fetch (default 10m); past it, while fetches fail, tokens
+	// are refused as Unavailable.
+	MaxKeyAge Duration `json:"maxKeyAge,omitempty"`
+	// AllowKubernetesBoundTokens accepts tokens bound to a pod, secret or
+	// node (default false: such a token is a cluster's, and this key set
+	// cannot see that its object was deleted).
+	AllowKubernetesBoundTokens bool `json:"allowKubernetesBoundTokens,omitempty"`
 }
+
+// Bounds of authn.jwks[].maxKeyAge: below a minute a short outage of the
+// issuer already refuses every token; above a day a withdrawn key would
+// stay trusted too long.
+const (
+	MinJWKSKeyAge = time.Minute
+	MaxJWKSKeyAge = 24 * time.Hour
+)
 
 // Policy bounds what is issued.
 type Policy struct {
@@ -443,7 +466,8 @@ func (c *Config) ApplyDefaults() {
 		if len(c.Authn.JWKS[i].Audiences) == 0 {
 			c.Authn.JWKS[i].Audiences = []string{"istio-ca"}
 		}
-		def(&c.Authn.JWKS[i].ClusterID, c.ClusterID)
+		// No default clusterID: see JWKS.ClusterID.
+		defD(&c.Authn.JWKS[i].MaxKeyAge, 10*time.Minute)
 	}
 	if c.Authn.ClientCertificates == nil {
 		on := *c.Authn.Kubernetes.Enabled
@@ -575,15 +599,7 @@ func (c *Config) Validate() error {
 	if d := c.Authn.Kubernetes.Clusters.SyncTimeout.Duration; d <= 0 || d > 10*time.Minute {
 		bad("authn.kubernetes.clusters.syncTimeout", "%s is outside (0, 10m]", d)
 	}
-	for i, j := range c.Authn.JWKS {
-		key := fmt.Sprintf("authn.jwks[%d]", i)
-		if j.Issuer == "" {
-			bad(key+".issuer", "must be set")
-		}
-		if (j.File == "") == (j.URL == "") {
-			bad(key, "exactly one of file and url must be set")
-		}
-	}
+	c.validateJWKS(bad)
 	if *c.Authn.ClientCertificates && !*c.Authn.Kubernetes.Enabled {
 		bad("authn.clientCertificates", "renewal by certificate is checked against the live cluster view, so it needs authn.kubernetes")
 	}
@@ -622,6 +638,48 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateJWKS checks the key sets. Each bearer token has exactly one
+// verifier: a key set must not claim a cluster the Kubernetes
+// authenticator serves, where it would accept what the cluster check
+// refuses (a deleted pod's token, a recreated service account's).
+func (c *Config) validateJWKS(bad func(key, format string, args ...any)) {
+	served := map[string]string{}
+	if *c.Authn.Kubernetes.Enabled {
+		served[c.ClusterID] = "the broker's own cluster (clusterID)"
+		for alias, id := range c.Authn.Kubernetes.Clusters.Aliases {
+			served[alias] = fmt.Sprintf("an alias of cluster %q (authn.kubernetes.clusters.aliases)", id)
+			if _, ok := served[id]; !ok {
+				served[id] = fmt.Sprintf("a cluster with the alias %q (authn.kubernetes.clusters.aliases)", alias)
+			}
+		}
+	}
+	seen := map[string]int{}
+	for i, j := range c.Authn.JWKS {
+		key := fmt.Sprintf("authn.jwks[%d]", i)
+		if j.Issuer == "" {
+			bad(key+".issuer", "must be set")
+		}
+		if (j.File == "") == (j.URL == "") {
+			bad(key, "exactly one of file and url must be set")
+		}
+		switch what, isServed := served[j.ClusterID]; {
+		case j.ClusterID == "":
+			bad(key+".clusterID", "must be set: the cluster ID the agents of this key set's workloads send, not one the broker serves through authn.kubernetes")
+		case isServed:
+			bad(key+".clusterID", "%q is %s, whose tokens authn.kubernetes checks against live objects; a key set for it would accept tokens that check refuses. Use a cluster ID of its own for off-cluster callers", j.ClusterID, what)
+		default:
+			if prev, dup := seen[j.ClusterID]; dup {
+				bad(key+".clusterID", "%q is also authn.jwks[%d]'s: one key set per cluster ID", j.ClusterID, prev)
+			} else {
+				seen[j.ClusterID] = i
+			}
+		}
+		if d := j.MaxKeyAge.Duration; d < MinJWKSKeyAge || d > MaxJWKSKeyAge {
+			bad(key+".maxKeyAge", "%s is outside [1m, 24h]", j.MaxKeyAge)
+		}
+	}
 }
 
 func (l *Limits) validate(bad func(key, format string, args ...any)) {

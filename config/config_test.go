@@ -42,6 +42,56 @@ func TestEmptyFileGetsDefaults(t *testing.T) {
 	}
 }
 
+// TestJWKSClusterIDs: a key set never claims a cluster authn.kubernetes
+// serves, and names its own cluster explicitly.
+func TestJWKSClusterIDs(t *testing.T) {
+	const entry = "  jwks:\n    - issuer: https://vm-issuer.example\n      file: /x\n"
+	kubeOff := "authn:\n  kubernetes:\n    enabled: false\n" + entry
+	kubeOn := "authn:\n  kubernetes:\n    clusters:\n      aliases: {old-east: east}\n" + entry
+	cases := []struct {
+		name, yaml, mention string
+	}{
+		{"no clusterID, kubernetes off", kubeOff, "authn.jwks[0].clusterID: must be set"},
+		{"no clusterID, kubernetes on", kubeOn, "authn.jwks[0].clusterID: must be set"},
+		{"the local cluster", kubeOn + "      clusterID: Kubernetes", `authn.jwks[0].clusterID: "Kubernetes" is the broker's own cluster`},
+		{"the local cluster, renamed", "clusterID: east\n" + kubeOn + "      clusterID: east", `authn.jwks[0].clusterID: "east" is the broker's own cluster`},
+		{"an alias", kubeOn + "      clusterID: old-east", `authn.jwks[0].clusterID: "old-east" is an alias of cluster "east"`},
+		{"an aliased cluster", kubeOn + "      clusterID: east", `authn.jwks[0].clusterID: "east" is a cluster with the alias "old-east"`},
+		{"two key sets for one cluster", kubeOn + "      clusterID: vms\n    - issuer: https://ci.example\n      file: /y\n      clusterID: vms",
+			`authn.jwks[1].clusterID: "vms" is also authn.jwks[0]'s`},
+		{"key age too short", kubeOn + "      clusterID: vms\n      maxKeyAge: 30s", "authn.jwks[0].maxKeyAge: 30s is outside [1m, 24h]"},
+		{"key age too long", kubeOn + "      clusterID: vms\n      maxKeyAge: 48h", "authn.jwks[0].maxKeyAge: 48h0m0s is outside [1m, 24h]"},
+		{"off-cluster callers", kubeOn + "      clusterID: vms", ""},
+		{"off-cluster callers with bound tokens allowed", kubeOn + "      clusterID: vms\n      allowKubernetesBoundTokens: true\n      maxKeyAge: 1h", ""},
+		// Without authn.kubernetes no cluster is checked against live
+		// objects, so the key set may take the broker's own cluster ID.
+		{"the local cluster ID, kubernetes off", kubeOff + "      clusterID: Kubernetes", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.ApplyDefaults()
+			err = cfg.Validate()
+			if tc.mention == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := cfg.Authn.JWKS[0].MaxKeyAge.Duration; got <= 0 {
+					t.Fatalf("maxKeyAge = %s", got)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("err = %v, want it to name %q", err, tc.mention)
+			}
+			t.Logf("refused: %v", err)
+		})
+	}
+}
+
 func TestErrorsNameTheKey(t *testing.T) {
 	cases := []struct{ name, yaml, mention string }{
 		{"unknown top-level key", "listn: :1", `unknown field "listn"`},
@@ -55,8 +105,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"bad alias", "trustDomainAliases: ['a b']", "trustDomainAliases[0]"},
 		{"max below min", "policy:\n  minTTL: 2h\n  maxTTL: 1h\n  defaultTTL: 1h", "maxTTL"},
 		{"bad mode", "policy:\n  ttlOutOfBounds: sometimes", "ttlOutOfBounds"},
-		{"jwks without source", "authn:\n  jwks:\n    - issuer: x", "authn.jwks[0]"},
-		{"jwks without issuer", "authn:\n  jwks:\n    - file: /x", "authn.jwks[0].issuer"},
+		{"jwks without source", "authn:\n  jwks:\n    - issuer: x\n      clusterID: vms", "authn.jwks[0]"},
+		{"jwks without issuer", "authn:\n  jwks:\n    - file: /x\n      clusterID: vms", "authn.jwks[0].issuer"},
 		{"no token authenticator", "authn:\n  kubernetes:\n    enabled: false", "authn"},
 		{"bad log level", "log:\n  level: loud", "log.level"},
 		{"short tls ttl", "tls:\n  ttl: 1m", "tls.ttl"},

@@ -12,6 +12,7 @@ import (
 	"github.com/meshca/broker/backends"
 	"github.com/meshca/broker/backends/awspca"
 	"github.com/meshca/broker/backends/gcpcas"
+	_ "github.com/meshca/broker/backends/localca"
 	"github.com/meshca/broker/backends/stepca"
 	"github.com/meshca/broker/backends/vault"
 	"github.com/meshca/broker/config"
@@ -64,5 +65,38 @@ func TestBackendExamplesAreValidConfiguration(t *testing.T) {
 		if !seen[typ] {
 			t.Errorf("no full configuration example for %s in docs/backends", typ)
 		}
+	}
+}
+
+// TestREADMEJWKSExampleIsValid keeps the README's off-cluster example a
+// configuration the broker starts with next to authn.kubernetes (its
+// default), and off any cluster it serves.
+func TestREADMEJWKSExampleIsValid(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, m := range yamlBlock.FindAllStringSubmatch(string(b), -1) {
+		if !strings.Contains(m[1], "  jwks:") {
+			continue
+		}
+		found++
+		cfg, err := config.Parse([]byte(m[1]))
+		if err != nil {
+			t.Fatalf("README jwks example: %v", err)
+		}
+		cfg.ApplyDefaults()
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("README jwks example: %v", err)
+		}
+		for i, j := range cfg.Authn.JWKS {
+			if strings.Contains(j.URL, "/openid/v1/jwks") || j.ClusterID == cfg.ClusterID {
+				t.Errorf("README jwks example, entry %d: a served cluster's key set (%s, cluster %q)", i, j.URL, j.ClusterID)
+			}
+		}
+	}
+	if found == 0 {
+		t.Fatal("no jwks example in README.md")
 	}
 }

@@ -151,7 +151,7 @@ func BenchmarkBrokerOverBackend(b *testing.B) {
 			}
 			br := startBroker(b, nil, func(c *config.Config) {
 				c.Backend = backend
-				c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwksFile}}
+				c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwksFile, ClusterID: "Kubernetes"}}
 				c.Log.Level = "error"
 			})
 			tok, err := iss.Token("bench", "load", []string{"istio-ca"}, time.Hour)

@@ -172,7 +172,7 @@ func checkBrokerOnDocPageBackend(t *testing.T, backend config.Backend) {
 			t.Fatal("tls.dnsNames set; this test is about the defaults")
 		}
 		c.Backend = backend
-		c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwksFile}}
+		c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwksFile, ClusterID: "Kubernetes"}}
 	})
 	t.Logf("broker started on %s in %v", backend.Type, time.Since(start).Round(time.Millisecond))
 

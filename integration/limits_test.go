@@ -42,7 +42,7 @@ func startLimitsBroker(t *testing.T, mod func(*config.Config)) (*broker.Broker, 
 	tok, _ := iss.Token("shop", "cart", []string{"istio-ca"}, time.Hour)
 	b := startBroker(t, nil, func(c *config.Config) {
 		c.Backend = config.Backend{Type: "local", Settings: backendSettings(t, map[string]any{"dir": t.TempDir()})}
-		c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwks}}
+		c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwks, ClusterID: "Kubernetes"}}
 		if mod != nil {
 			mod(c)
 		}

@@ -242,7 +242,9 @@ func startBrokerBinary(t *testing.T, bin string, kube *testenv.Kube, mode string
 		if err := os.WriteFile(jwksFile, jwks, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		authn = fmt.Sprintf("authn:\n  kubernetes:\n    enabled: false\n  jwks:\n    - issuer: %s\n      file: %s\n", kube.Issuer, jwksFile)
+		// The cluster's own pod-bound tokens, with no cluster check at
+		// all: the documented opt-in, for measuring verification alone.
+		authn = fmt.Sprintf("authn:\n  kubernetes:\n    enabled: false\n  jwks:\n    - issuer: %s\n      file: %s\n      clusterID: Kubernetes\n      allowKubernetesBoundTokens: true\n", kube.Issuer, jwksFile)
 	}
 	caKey := envStr("MESHCA_LOADBENCH_BROKER_CA_KEY", "ECDSA-P256")
 	for attempt := 0; ; attempt++ {

@@ -52,7 +52,7 @@ func TestBackendOutageIsUnavailableThenRecovers(t *testing.T) {
 			jwks := backendtest.WriteFile(t, "jwks.json", mustJWKS(t, iss))
 			b := startBroker(t, nil, func(c *config.Config) {
 				c.Backend = backend
-				c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwks}}
+				c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwks, ClusterID: "Kubernetes"}}
 				c.SignTimeout = config.Duration{Duration: 3 * time.Second}
 			})
 			cl := dial(t, b, nil)

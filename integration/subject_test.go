@@ -58,7 +58,7 @@ func jwksBroker(t *testing.T, backend config.Backend, mod func(*config.Config)) 
 	jwks := backendtest.WriteFile(t, "jwks.json", mustJWKS(t, iss))
 	b := startBroker(t, nil, func(c *config.Config) {
 		c.Backend = backend
-		c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwks}}
+		c.Authn.JWKS = []config.JWKS{{Issuer: iss.URL, File: jwks, ClusterID: "Kubernetes"}}
 		if mod != nil {
 			mod(c)
 		}

@@ -131,6 +131,18 @@ func TestAgainstKubeAPIServer(t *testing.T) {
 	if _, err := byURL.Authenticate(ctx, &authn.Request{BearerToken: bound}); err != nil {
 		t.Fatalf("local verification is expected to accept a deleted pod's token until it expires: %v", err)
 	}
+	// Which is why a configured key set (authn.jwks, without
+	// allowKubernetesBoundTokens) refuses bound tokens outright.
+	refusing, err := jwks.New(jwks.Config{Issuer: k.Issuer, File: keyFile, TrustDomain: td, RefuseKubernetesBound: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := refusing.Authenticate(ctx, &authn.Request{BearerToken: bound}); !errors.Is(err, authn.ErrDenied) || !strings.Contains(err.Error(), "bound to Kubernetes pod cart-0") {
+		t.Fatalf("a key set refusing bound tokens, the deleted pod's token: %v", err)
+	}
+	if _, err := refusing.Authenticate(ctx, &authn.Request{BearerToken: good}); err != nil {
+		t.Fatalf("a key set refusing bound tokens, an unbound token: %v", err)
+	}
 
 	// A wrong fetch credential is reported as an unavailable authority.
 	if err := os.WriteFile(tokenFile, []byte("not-a-token"), 0o600); err != nil {

@@ -2,12 +2,23 @@
 // service-account token locally, against the issuer's JSON Web Key Set,
 // without asking the API server.
 //
-// It serves clusters whose API server the broker cannot call for every
-// request (remote or air-gapped clusters, or to spare the API server).
+// Configured (authn.jwks), it serves callers outside every cluster the
+// broker checks against live objects: a VM fleet's or CI system's issuer
+// of service-account-shaped tokens, or a cluster whose API server the
+// broker cannot reach. Package cluster uses it for the first step of its
+// own checks of a served cluster's tokens.
+//
 // The price: local verification sees only the token. A pod-bound token
 // stays valid here until it expires even after its pod is deleted, and a
 // deleted service account is not noticed; only TokenReview (package
 // authn/kube) can refuse those. Keep token lifetimes short when using it.
+// For that reason a configured key set can refuse tokens bound to
+// Kubernetes objects (RefuseKubernetesBound) and tokens of an issuer a
+// served cluster owns (ServedBy): those belong to the cluster check.
+//
+// Keys are used at most MaxKeyAge after their last successful fetch, so a
+// key the issuer withdrew stops being trusted even while its key set
+// cannot be re-read.
 package jwks
 
 import (
@@ -58,6 +69,10 @@ const (
 	DefaultLeeway = 30 * time.Second
 	// DefaultFetchTimeout bounds one key-set fetch.
 	DefaultFetchTimeout = 10 * time.Second
+	// DefaultMaxKeyAge is how long after their last successful fetch keys
+	// are still used: a key the issuer withdrew (after a compromise) stays
+	// trusted at most this long while its key set cannot be re-read.
+	DefaultMaxKeyAge = 10 * time.Minute
 
 	maxTokenBytes = 64 << 10
 	maxJWKSBytes  = 1 << 20
@@ -95,8 +110,7 @@ type Config struct {
 	// --service-account-key-file), re-read on every refresh so a rotated
 	// file is picked up.
 	File string
-	// URL is where the JWKS is fetched, e.g.
-	// https://<apiserver>/openid/v1/jwks.
+	// URL is where the JWKS is fetched: the issuer's jwks_uri.
 	URL string
 	// CAFile / CAPEM verify URL's TLS certificate (default: system roots).
 	CAFile string
@@ -119,9 +133,30 @@ type Config struct {
 	// Leeway for exp, nbf and iat. Default DefaultLeeway.
 	Leeway time.Duration
 	// RefreshInterval, MinRefreshInterval, FetchTimeout: see the defaults.
+	// RefreshInterval defaults to the smaller of DefaultRefreshInterval
+	// and half of MaxKeyAge.
 	RefreshInterval    time.Duration
 	MinRefreshInterval time.Duration
 	FetchTimeout       time.Duration
+	// MaxKeyAge bounds how long after the last successful fetch the keys
+	// are used; past it, while re-fetches fail, tokens are refused as
+	// authn.ErrUnavailable (retryable). Default DefaultMaxKeyAge; it must
+	// exceed RefreshInterval.
+	MaxKeyAge time.Duration
+
+	// RefuseKubernetesBound refuses tokens bound to a Kubernetes object
+	// (the kubernetes.io claim names a pod, secret or node) as
+	// authn.ErrDenied. Local verification sees no live objects, so such a
+	// token stays good here after its pod is deleted; a caller that checks
+	// the objects itself (package cluster) leaves it off.
+	RefuseKubernetesBound bool
+	// ServedBy, if set, names the cluster of the broker's live registry
+	// whose service-account tokens come from issuer ("" for none), so that
+	// this key set never becomes a second, laxer way in for a cluster the
+	// broker checks against live objects: such tokens are refused as
+	// authn.ErrDenied. An error (the registry cannot tell yet) refuses
+	// them as authn.ErrUnavailable.
+	ServedBy func(issuer string) (clusterID string, err error)
 
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
@@ -186,8 +221,15 @@ func New(cfg Config) (*Authenticator, error) {
 	if cfg.Leeway <= 0 {
 		cfg.Leeway = DefaultLeeway
 	}
+	if cfg.MaxKeyAge <= 0 {
+		cfg.MaxKeyAge = DefaultMaxKeyAge
+	}
 	if cfg.RefreshInterval <= 0 {
-		cfg.RefreshInterval = DefaultRefreshInterval
+		// At least one routine refresh, and a retry, within the key age.
+		cfg.RefreshInterval = min(DefaultRefreshInterval, cfg.MaxKeyAge/2)
+	}
+	if cfg.MaxKeyAge <= cfg.RefreshInterval {
+		return nil, fmt.Errorf("jwks authenticator: max key age %s is not above the refresh interval %s", cfg.MaxKeyAge, cfg.RefreshInterval)
 	}
 	if cfg.MinRefreshInterval <= 0 {
 		cfg.MinRefreshInterval = DefaultMinRefreshInterval
@@ -469,7 +511,46 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 	if err != nil {
 		return nil, err
 	}
+	if err := a.checkScope(c); err != nil {
+		return nil, err
+	}
 	return c.Identity(a.cfg.TrustDomain, a.cfg.ClusterID)
+}
+
+// checkScope refuses a verified token that is not this key set's to
+// accept: one of a cluster the broker checks against live objects, or one
+// whose bound objects only such a check could judge. Each bearer token
+// has exactly one verifier, and for a served cluster's tokens that is the
+// cluster check, which refuses what this one cannot see (a deleted pod, a
+// recreated service account).
+func (a *Authenticator) checkScope(c *Claims) error {
+	if a.cfg.ServedBy != nil {
+		id, err := a.cfg.ServedBy(a.cfg.Issuer)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%w: jwt: cannot tell whether issuer %s belongs to a cluster the broker serves: %v", authn.ErrUnavailable, a.cfg.Issuer, err)
+		case id != "":
+			return fmt.Errorf("%w: jwt: issuer %s is cluster %q's, whose tokens are checked against its live objects, not by this key set (cluster %q); present the token with clusterid %q",
+				authn.ErrDenied, a.cfg.Issuer, id, a.cfg.ClusterID, id)
+		}
+	}
+	if a.cfg.RefuseKubernetesBound {
+		var bound []string
+		if c.PodName != "" {
+			bound = append(bound, "pod "+c.PodName)
+		}
+		if c.SecretName != "" {
+			bound = append(bound, "secret "+c.SecretName)
+		}
+		if c.NodeName != "" {
+			bound = append(bound, "node "+c.NodeName)
+		}
+		if len(bound) > 0 {
+			return fmt.Errorf("%w: jwt: token is bound to Kubernetes %s, which a key set cannot check still exists; verify it with authn.kubernetes, or set allowKubernetesBoundTokens on this jwks entry",
+				authn.ErrDenied, strings.Join(bound, ", "))
+		}
+	}
+	return nil
 }
 
 // Identity is the workload the claims name, in trust domain td and
@@ -584,7 +665,7 @@ func (a *Authenticator) verify(ctx context.Context, tok *jwt.JSONWebToken, hdr j
 		if a.limiter.Allow() {
 			lastErr = a.refresh(ctx, gen)
 			a.mu.RLock()
-			keys = a.keys
+			keys, fetchedAt = a.keys, a.fetchedAt
 			a.mu.RUnlock()
 		}
 	}
@@ -593,6 +674,17 @@ func (a *Authenticator) verify(ctx context.Context, tok *jwt.JSONWebToken, hdr j
 			lastErr = errors.New("not fetched yet")
 		}
 		return fmt.Errorf("%w: jwt: no verification keys: %v", authn.ErrUnavailable, lastErr)
+	}
+	// Keys that cannot be re-read are not trusted for ever: one the issuer
+	// withdrew (a compromised key) would stay good here. Unavailable, not
+	// denied: the token may be fine, and the agent retries (the cluster
+	// package asks TokenReview instead).
+	if age := a.cfg.Now().Sub(fetchedAt); age > a.cfg.MaxKeyAge {
+		if lastErr == nil {
+			lastErr = errors.New("no refresh attempted")
+		}
+		return fmt.Errorf("%w: jwt: the key set of %s could not be refreshed since %s (%s ago; keys are used at most %s after their last fetch): %v",
+			authn.ErrUnavailable, a.source(), fetchedAt.UTC().Format(time.RFC3339), age.Round(time.Second), a.cfg.MaxKeyAge, lastErr)
 	}
 
 	candidates := keys

@@ -77,6 +77,8 @@ type kubeClaim struct {
 	Namespace      string  `json:"namespace,omitempty"`
 	ServiceAccount *objRef `json:"serviceaccount,omitempty"`
 	Pod            *objRef `json:"pod,omitempty"`
+	Node           *objRef `json:"node,omitempty"`
+	Secret         *objRef `json:"secret,omitempty"`
 }
 
 // claims is what the API server puts in a TokenRequest token.
@@ -350,13 +352,14 @@ func TestParseKeysDropsNonSigningKeys(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	for name, cfg := range map[string]Config{
-		"no issuer":       {TrustDomain: td, File: "x"},
-		"no trust domain": {Issuer: issuer, File: "x"},
-		"no source":       {Issuer: issuer, TrustDomain: td},
-		"two sources":     {Issuer: issuer, TrustDomain: td, File: "x", URL: "https://x"},
-		"empty audience":  {Issuer: issuer, TrustDomain: td, File: "x", Audiences: []string{""}},
-		"bad CA":          {Issuer: issuer, TrustDomain: td, URL: "https://x", CAPEM: []byte("nope")},
-		"none alg":        {Issuer: issuer, TrustDomain: td, File: "x", Algorithms: []jose.SignatureAlgorithm{"none"}},
+		"no issuer":                 {TrustDomain: td, File: "x"},
+		"no trust domain":           {Issuer: issuer, File: "x"},
+		"no source":                 {Issuer: issuer, TrustDomain: td},
+		"two sources":               {Issuer: issuer, TrustDomain: td, File: "x", URL: "https://x"},
+		"empty audience":            {Issuer: issuer, TrustDomain: td, File: "x", Audiences: []string{""}},
+		"bad CA":                    {Issuer: issuer, TrustDomain: td, URL: "https://x", CAPEM: []byte("nope")},
+		"none alg":                  {Issuer: issuer, TrustDomain: td, File: "x", Algorithms: []jose.SignatureAlgorithm{"none"}},
+		"key age not above refresh": {Issuer: issuer, TrustDomain: td, File: "x", MaxKeyAge: time.Minute, RefreshInterval: time.Minute},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -559,6 +562,220 @@ func TestConcurrentUnknownKidCoalesces(t *testing.T) {
 	wg.Wait()
 	if n := srv.fetches.Load(); n != 1 {
 		t.Fatalf("20 concurrent first requests caused %d fetches", n)
+	}
+}
+
+// fakeClock is a settable clock for key-age tests.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// switchableFetch serves a key set, or fails, as the test says.
+type switchableFetch struct {
+	mu      sync.Mutex
+	body    []byte
+	err     error
+	fetches int
+}
+
+func (f *switchableFetch) fetch(context.Context) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fetches++
+	return f.body, f.err
+}
+
+func (f *switchableFetch) set(body []byte, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if body != nil {
+		f.body = body
+	}
+	f.err = err
+}
+
+// TestMaxKeyAge: keys are used while re-fetches fail only up to MaxKeyAge
+// after their last successful fetch; then tokens are Unavailable (the
+// agent retries; the cluster package asks TokenReview), until a fetch
+// succeeds again.
+func TestMaxKeyAge(t *testing.T) {
+	keys(t)
+	clock := &fakeClock{t: now}
+	f := &switchableFetch{body: jwksJSON(t, jose.JSONWebKey{Key: &rsaKey.PublicKey, KeyID: "rsa1"})}
+	a := newAuth(t, Config{
+		Fetch: f.fetch, Source: "test issuer", Now: clock.Now,
+		// Every request may fetch: the key age, not the limiter, is tested.
+		MinRefreshInterval: time.Nanosecond,
+	})
+	if a.cfg.MaxKeyAge != DefaultMaxKeyAge || a.cfg.RefreshInterval != DefaultRefreshInterval {
+		t.Fatalf("defaults: max key age %s, refresh %s", a.cfg.MaxKeyAge, a.cfg.RefreshInterval)
+	}
+	tok := signWith(t, jose.RS256, rsaKey, "rsa1")(claims2("a", "b"))
+	down := errors.New("issuer unreachable")
+	steps := []struct {
+		name     string
+		advance  time.Duration
+		fetchErr error
+		wantKind error
+		wantMsg  string
+	}{
+		{name: "fresh keys", wantKind: nil},
+		{name: "issuer down, keys past the refresh interval", advance: 6 * time.Minute, fetchErr: down},
+		{name: "issuer down, just within the bound", advance: 4 * time.Minute, fetchErr: down},
+		{name: "issuer down, past the bound", advance: time.Second, fetchErr: down, wantKind: authn.ErrUnavailable,
+			wantMsg: "could not be refreshed since 2026-11-22T12:00:00Z (10m1s ago; keys are used at most 10m0s after their last fetch): key set from test issuer: issuer unreachable"},
+		{name: "still down", advance: time.Hour, fetchErr: down, wantKind: authn.ErrUnavailable, wantMsg: "since 2026-11-22T12:00:00Z"},
+		{name: "issuer back", advance: time.Second},
+		{name: "down again, within the bound of the new fetch", advance: 9 * time.Minute, fetchErr: down},
+		{name: "down again, past it", advance: 2 * time.Minute, fetchErr: down, wantKind: authn.ErrUnavailable, wantMsg: "since 2026-11-22T13:10:02Z"},
+	}
+	for _, st := range steps {
+		clock.Advance(st.advance)
+		f.set(nil, st.fetchErr)
+		_, err := a.Authenticate(context.Background(), &authn.Request{BearerToken: tok})
+		switch {
+		case st.wantKind == nil && err != nil:
+			t.Fatalf("%s: %v", st.name, err)
+		case st.wantKind != nil && (!errors.Is(err, st.wantKind) || errors.Is(err, authn.ErrDenied) || !strings.Contains(err.Error(), st.wantMsg)):
+			t.Fatalf("%s: err = %v, want %v mentioning %q", st.name, err, st.wantKind, st.wantMsg)
+		}
+		t.Logf("%s: %v", st.name, err)
+	}
+	// VerifyToken, which the cluster package uses, is bound the same way.
+	clock.Advance(time.Hour)
+	if _, err := a.VerifyToken(context.Background(), tok); !errors.Is(err, authn.ErrUnavailable) {
+		t.Fatalf("VerifyToken with keys an hour past the bound: %v", err)
+	}
+}
+
+// TestWithdrawnKeyIsNotTrusted: a signing key removed from the set (after
+// a compromise) is refused as soon as the set is re-fetched.
+func TestWithdrawnKeyIsNotTrusted(t *testing.T) {
+	keys(t)
+	both := jwksJSON(t, jose.JSONWebKey{Key: &rsaKey.PublicKey, KeyID: "rsa1"}, jose.JSONWebKey{Key: &rsaKey2.PublicKey, KeyID: "rsa2"})
+	f := &switchableFetch{body: both}
+	a := newAuth(t, Config{Fetch: f.fetch})
+	ctx := context.Background()
+	leaked := signWith(t, jose.RS256, rsaKey2, "rsa2")(claims2("a", "b"))
+	leakedNoKID := signWith(t, jose.RS256, rsaKey2, "")(claims2("a", "b"))
+	for _, tok := range []string{leaked, leakedNoKID} {
+		if _, err := a.Authenticate(ctx, &authn.Request{BearerToken: tok}); err != nil {
+			t.Fatalf("before the withdrawal: %v", err)
+		}
+	}
+	f.set(jwksJSON(t, jose.JSONWebKey{Key: &rsaKey.PublicKey, KeyID: "rsa1"}), nil)
+	if err := a.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, token string
+		wantUnknown bool
+	}{
+		{"by key id", leaked, true},
+		{"without key id", leakedNoKID, false},
+	} {
+		_, err := a.Authenticate(ctx, &authn.Request{BearerToken: tc.token})
+		if !errors.Is(err, authn.ErrDenied) || errors.Is(err, ErrUnknownKey) != tc.wantUnknown {
+			t.Fatalf("%s: withdrawn key still trusted or wrongly refused: %v", tc.name, err)
+		}
+		t.Logf("%s: refused: %v", tc.name, err)
+	}
+	if _, err := a.Authenticate(ctx, &authn.Request{BearerToken: signWith(t, jose.RS256, rsaKey, "rsa1")(claims2("a", "b"))}); err != nil {
+		t.Fatalf("the remaining key: %v", err)
+	}
+}
+
+// TestScope: a configured key set refuses what only a cluster check can
+// judge (tokens bound to Kubernetes objects, unless allowed) and tokens
+// of an issuer a served cluster owns.
+func TestScope(t *testing.T) {
+	keys(t)
+	file := writeFile(t, "jwks.json", jwksJSON(t, jose.JSONWebKey{Key: &rsaKey.PublicKey, KeyID: "rsa1"}))
+	tokenWith := func(f func(k *kubeClaim)) string {
+		std, priv := claims("team-a", "sa1")
+		k := priv["kubernetes.io"].(kubeClaim)
+		k.Pod = nil
+		if f != nil {
+			f(&k)
+		}
+		priv["kubernetes.io"] = k
+		return sign(t, jose.RS256, rsaKey, "rsa1", std, priv)
+	}
+	saOnly := tokenWith(nil)
+	podBound := tokenWith(func(k *kubeClaim) {
+		k.Pod = &objRef{Name: "web-0", UID: "66666666-2222-3333-4444-555555555555"}
+		k.Node = &objRef{Name: "node-1", UID: "77777777-2222-3333-4444-555555555555"}
+	})
+	secretBound := tokenWith(func(k *kubeClaim) { k.Secret = &objRef{Name: "s1", UID: "88888888-2222-3333-4444-555555555555"} })
+	nodeBound := tokenWith(func(k *kubeClaim) { k.Node = &objRef{Name: "node-1", UID: "77777777-2222-3333-4444-555555555555"} })
+	noKubeClaim := sign(t, jose.RS256, rsaKey, "rsa1", func() jwt.Claims { std, _ := claims("team-a", "sa1"); return std }(), nil)
+
+	servedBy := func(id string, err error) func(string) (string, error) {
+		return func(iss string) (string, error) {
+			if iss != issuer {
+				t.Errorf("ServedBy asked about %q", iss)
+			}
+			return id, err
+		}
+	}
+	tests := []struct {
+		name     string
+		cfg      Config
+		token    string
+		wantKind error
+		wantMsg  string
+	}{
+		{name: "pod-bound, no refusal configured (the cluster package's use)", token: podBound},
+		{name: "pod-bound refused", cfg: Config{RefuseKubernetesBound: true}, token: podBound, wantKind: authn.ErrDenied, wantMsg: "bound to Kubernetes pod web-0, node node-1"},
+		{name: "secret-bound refused", cfg: Config{RefuseKubernetesBound: true}, token: secretBound, wantKind: authn.ErrDenied, wantMsg: "secret s1"},
+		{name: "node-bound refused", cfg: Config{RefuseKubernetesBound: true}, token: nodeBound, wantKind: authn.ErrDenied, wantMsg: "node node-1"},
+		{name: "service account only is not bound to an object", cfg: Config{RefuseKubernetesBound: true}, token: saOnly},
+		{name: "no kubernetes.io claim", cfg: Config{RefuseKubernetesBound: true}, token: noKubeClaim},
+		{name: "issuer not served", cfg: Config{RefuseKubernetesBound: true, ServedBy: servedBy("", nil)}, token: saOnly},
+		{name: "issuer served by a registry cluster", cfg: Config{ClusterID: "vms", ServedBy: servedBy("east", nil)}, token: saOnly,
+			wantKind: authn.ErrDenied, wantMsg: `issuer https://kubernetes.default.svc.cluster.local is cluster "east"'s`},
+		{name: "registry cannot tell yet", cfg: Config{ServedBy: servedBy("", errors.New("cluster west's issuer not known yet"))}, token: saOnly,
+			wantKind: authn.ErrUnavailable, wantMsg: "cluster west's issuer not known yet"},
+		{name: "a bad token is refused before the registry is asked", cfg: Config{ServedBy: servedBy("", errors.New("unknown"))}, token: tamper(t, saOnly),
+			wantKind: authn.ErrDenied, wantMsg: "signature"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			cfg.File = file
+			a := newAuth(t, cfg)
+			id, err := a.Authenticate(context.Background(), &authn.Request{BearerToken: tc.token})
+			if tc.wantKind == nil {
+				if err != nil || id == nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantKind) || (tc.wantKind == authn.ErrUnavailable && errors.Is(err, authn.ErrDenied)) || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Fatalf("err = %v, want %v mentioning %q", err, tc.wantKind, tc.wantMsg)
+			}
+			t.Logf("refused: %v", err)
+			// VerifyToken, the cluster package's entry, judges only the
+			// token: the live-object check after it decides the rest.
+			if tc.wantMsg != "signature" {
+				if _, err := a.VerifyToken(context.Background(), tc.token); err != nil {
+					t.Fatalf("VerifyToken: %v", err)
+				}
+			}
+		})
 	}
 }
 

@@ -78,7 +78,10 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) error {
 		DataDir:       o.dataDir,
 		Authn: config.Authn{
 			Kubernetes: config.Kubernetes{Enabled: &f},
-			JWKS:       []config.JWKS{{Issuer: iss.URL, File: jwksFile}},
+			// The agent's default cluster ID; with authn.kubernetes off no
+			// cluster is checked against live objects, so the key set may
+			// take it.
+			JWKS: []config.JWKS{{Issuer: iss.URL, File: jwksFile, ClusterID: "Kubernetes"}},
 		},
 	}
 	cfg.ApplyDefaults()
