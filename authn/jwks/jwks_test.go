@@ -747,8 +747,11 @@ func TestScope(t *testing.T) {
 		{name: "issuer not served", cfg: Config{RefuseKubernetesBound: true, ServedBy: servedBy("", nil)}, token: saOnly},
 		{name: "issuer served by a registry cluster", cfg: Config{ClusterID: "vms", ServedBy: servedBy("east", nil)}, token: saOnly,
 			wantKind: authn.ErrDenied, wantMsg: `issuer https://kubernetes.default.svc.cluster.local is cluster "east"'s`},
-		{name: "registry cannot tell yet", cfg: Config{ServedBy: servedBy("", errors.New("cluster west's issuer not known yet"))}, token: saOnly,
+		{name: "registry cannot tell yet, bound tokens allowed", cfg: Config{ServedBy: servedBy("", errors.New("cluster west's issuer not known yet"))}, token: saOnly,
 			wantKind: authn.ErrUnavailable, wantMsg: "cluster west's issuer not known yet"},
+		{name: "registry cannot tell yet, bound tokens refused: an unbound one passes", cfg: Config{RefuseKubernetesBound: true, ServedBy: servedBy("", errors.New("cluster west's issuer not known yet"))}, token: saOnly},
+		{name: "registry cannot tell yet, bound tokens refused: a bound one is refused", cfg: Config{RefuseKubernetesBound: true, ServedBy: servedBy("", errors.New("cluster west's issuer not known yet"))}, token: podBound,
+			wantKind: authn.ErrDenied, wantMsg: "bound to Kubernetes pod"},
 		{name: "a bad token is refused before the registry is asked", cfg: Config{ServedBy: servedBy("", errors.New("unknown"))}, token: tamper(t, saOnly),
 			wantKind: authn.ErrDenied, wantMsg: "signature"},
 	}
