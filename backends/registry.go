@@ -28,6 +28,9 @@ type Factory func(ctx context.Context, opts Options) (Signer, error)
 var (
 	mu        sync.RWMutex
 	factories = map[string]Factory{}
+	// checks decode a type's section without building anything, so that
+	// the configuration is judged before any state is written.
+	checks = map[string]func(json.RawMessage) error{}
 )
 
 // Register makes a backend available under a type name. It is called from
@@ -45,6 +48,12 @@ func Register(typ string, f Factory) {
 // RegisterConfig registers a backend whose factory takes its own
 // configuration section already decoded, strictly, into C.
 func RegisterConfig[C any](typ string, build func(ctx context.Context, cfg C, opts Options) (Signer, error)) {
+	mu.Lock()
+	checks[typ] = func(raw json.RawMessage) error {
+		var cfg C
+		return DecodeStrictAt("backend."+typ+".", raw, &cfg)
+	}
+	mu.Unlock()
 	Register(typ, func(ctx context.Context, opts Options) (Signer, error) {
 		var cfg C
 		if err := DecodeConfig(opts.Config, &cfg); err != nil {
@@ -64,6 +73,20 @@ func Types() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// CheckConfig decodes a type's configuration section as its factory
+// would, without building anything: an unknown key or a bad value is
+// an error naming the key (backend.<type>.<key>). Types registered without
+// RegisterConfig are only checked when built.
+func CheckConfig(typ string, raw json.RawMessage) error {
+	mu.RLock()
+	check, ok := checks[typ]
+	mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	return check(raw)
 }
 
 // New builds the signer registered under typ.

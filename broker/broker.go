@@ -88,14 +88,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	if log == nil {
 		log = NewLogger(cfg.Log)
 	}
-	signer, err := backends.New(ctx, cfg.Backend.Type, backends.Options{Config: cfg.Backend.Settings, DataDir: cfg.DataDir, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("backend: %w", err)
-	}
-	anchors := trust.NewBundle(trust.BundleConfig{Backend: signer.TrustAnchors, Extra: extraRoots(cfg.ExtraTrustedRoots), Refresh: cfg.TrustAnchorsRefresh.Duration, Log: log})
-	if err := anchors.Load(ctx); err != nil {
-		return nil, err
-	}
+	// Everything that can be judged without the backend first: a
+	// configuration that cannot run must not leave state behind (the
+	// local CA writes a root when it is built).
 	pol, err := policy.New(cfg.PolicyConfig())
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
@@ -106,17 +101,27 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 			return nil, fmt.Errorf("authn.clientCertificateIssuers: %w", err)
 		}
 	}
+	var clusters *cluster.Registry
+	if *cfg.Authn.Kubernetes.Enabled {
+		if clusters, err = newClusters(cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	signer, err := backends.New(ctx, cfg.Backend.Type, backends.Options{Config: cfg.Backend.Settings, DataDir: cfg.DataDir, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	anchors := trust.NewBundle(trust.BundleConfig{Backend: signer.TrustAnchors, Extra: extraRoots(cfg.ExtraTrustedRoots), Refresh: cfg.TrustAnchorsRefresh.Duration, Log: log})
+	if err := anchors.Load(ctx); err != nil {
+		return nil, err
+	}
 	issuers, err := trust.NewIssuers(configured, filepath.Join(cfg.DataDir, "issuers.pem"))
 	if err != nil {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	var clusters *cluster.Registry
-	if *cfg.Authn.Kubernetes.Enabled {
-		if clusters, err = newClusters(cfg, log); err != nil {
-			return nil, err
-		}
+	if clusters != nil {
 		reg.MustRegister(clusterStates{clusters})
 	}
 	authenticator, err := authenticators(cfg, anchors, issuers, clusters, opts.ExtraAuthenticators)

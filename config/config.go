@@ -4,7 +4,6 @@
 package config
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -366,18 +365,16 @@ func Load(path string) (*Config, error) {
 
 // Parse parses YAML strictly: an unknown key is an error naming it.
 func Parse(data []byte) (*Config, error) {
-	j, err := yaml.YAMLToJSON(data)
+	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return nil, fmt.Errorf("configuration is not valid YAML: %w", err)
 	}
 	cfg := &Config{}
-	if len(bytes.TrimSpace(j)) == 0 || string(bytes.TrimSpace(j)) == "null" {
-		return cfg, nil
+	if err := backends.DecodeStrict(j, cfg); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(cfg); err != nil {
-		return nil, fmt.Errorf("configuration: %s", strings.TrimPrefix(err.Error(), "json: "))
+	if err := backends.CheckConfig(cfg.Backend.Type, cfg.Backend.Settings); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
 	}
 	return cfg, nil
 }

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/meshca/broker/backends/localca"
+	_ "github.com/meshca/broker/backends/all"
 )
 
 func TestFullExampleIsValid(t *testing.T) {
@@ -94,10 +94,21 @@ func TestJWKSClusterIDs(t *testing.T) {
 
 func TestErrorsNameTheKey(t *testing.T) {
 	cases := []struct{ name, yaml, mention string }{
-		{"unknown top-level key", "listn: :1", `unknown field "listn"`},
-		{"unknown nested key", "policy:\n  maxLifetime: 1h", `unknown field "maxLifetime"`},
+		{"unknown top-level key", "listn: :1", `unknown key "listn"`},
+		{"unknown nested key", "policy:\n  maxLifetime: 1h", `unknown key "policy.maxLifetime"`},
+		{"keys match exactly", "policy:\n  maxTTl: 1h", `unknown key "policy.maxTTl"`},
+		{"a key given twice", "listen: :1\nlisten: :2", `line 2: key "listen" already set`},
 		{"not YAML", "listen: [", "not valid YAML"},
-		{"bad duration", "policy:\n  maxTTL: forever", "forever"},
+		{"bad duration", "policy:\n  maxTTL: forever", `policy.maxTTL: duration "forever" (invalid duration "forever")`},
+		{"bad duration unit", "policy:\n  maxTTL: 1x", `policy.maxTTL: duration "1x" (unknown unit "x" in duration "1x")`},
+		{"duration as a number", "policy:\n  maxTTL: 3600", `policy.maxTTL: duration 3600 (a duration is a string such as "30s")`},
+		{"bad duration in a list entry", "authn:\n  jwks:\n    - {issuer: x, file: /x, clusterID: vm, maxKeyAge: 5q}", `authn.jwks.maxKeyAge: duration "5q"`},
+		{"a number where a string goes", "listen: 15012", "listen: number is not a valid string"},
+		{"off unquoted", "metricsListen: off", "metricsListen: a boolean is not a valid string (YAML reads unquoted on, off, yes and no as booleans: quote the value)"},
+		{"a list where a section goes", "policy: [1]", "policy: array is not a valid section"},
+		{"backend duration checked at parse time", "backend:\n  type: vault\n  vault:\n    timeout: 1x", `backend.vault.timeout: duration "1x"`},
+		{"backend key checked at parse time", "backend:\n  type: vault\n  vault:\n    adress: https://v", `unknown key "backend.vault.adress"`},
+		{"backend key matches exactly", "backend:\n  type: local\n  local:\n    TTL: 1h", `unknown key "backend.local.TTL"`},
 		{"backend section for another type", "backend:\n  type: local\n  vault: {}", "backend.vault"},
 		{"unknown backend", "backend:\n  type: nosuch", "backend.type"},
 		{"bad listen", "listen: nowhere", "listen"},

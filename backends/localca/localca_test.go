@@ -140,7 +140,7 @@ func TestIstioCACertsLayout(t *testing.T) {
 
 func TestConfigErrorsNameTheProblem(t *testing.T) {
 	cases := []struct{ name, cfg, mention string }{
-		{"unknown key", `{"caCertDir":"/x"}`, `unknown field "caCertDir"`},
+		{"unknown key", `{"caCertDir":"/x"}`, `unknown key "caCertDir"`},
 		{"bad algorithm", `{"keyAlgorithm":"DSA"}`, "keyAlgorithm"},
 		{"missing cacerts", `{"caCertsDir":"/nonexistent"}`, "ca-cert.pem"},
 		{"bad duration", `{"rootTTL":"forever"}`, "forever"},

@@ -44,7 +44,7 @@ func TestConfigValidation(t *testing.T) {
 		wantErr string
 	}{
 		{"minimal", `{"url":"https://ca:9000","rootFile":"r.pem","provisioner":"p","passwordFile":"pw"}`, ""},
-		{"unknown key", `{"url":"https://ca:9000","rootFile":"r","provisioner":"p","passwordFile":"pw","kid":"x"}`, `unknown field "kid"`},
+		{"unknown key", `{"url":"https://ca:9000","rootFile":"r","provisioner":"p","passwordFile":"pw","kid":"x"}`, `unknown key "kid"`},
 		{"http url", `{"url":"http://ca:9000","rootFile":"r","provisioner":"p","passwordFile":"pw"}`, "must be https"},
 		{"no url", `{"rootFile":"r","provisioner":"p","passwordFile":"pw"}`, "url is required"},
 		{"no root", `{"url":"https://ca","provisioner":"p","passwordFile":"pw"}`, "rootFile is required"},

@@ -48,7 +48,7 @@ func TestConfigValidation(t *testing.T) {
 		}},
 		{"http to loopback (Vault Agent)", `{"address":"http://127.0.0.1:8100","role":"r",` + tok + `}`, "", nil},
 		{"unix socket", `{"address":"unix:///run/vault.sock","role":"r",` + tok + `}`, "", nil},
-		{"unknown key", `{"address":"https://v","role":"r","rol":"x",` + tok + `}`, `unknown field "rol"`, nil},
+		{"unknown key", `{"address":"https://v","role":"r","rol":"x",` + tok + `}`, `unknown key "rol"`, nil},
 		{"http to a remote host", `{"address":"http://vault.example:8200","role":"r",` + tok + `}`, "plain http is only accepted to a loopback", nil},
 		{"tls options with http", `{"address":"http://127.0.0.1:8200","caBundle":"/ca","role":"r",` + tok + `}`, "need an https address", nil},
 		{"no address", `{"role":"r",` + tok + `}`, "address is required", nil},

@@ -124,3 +124,42 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("%q %v", out, err)
 	}
 }
+
+// TestServeThatCannotRunWritesNoState: `broker serve` with nothing
+// configured outside a cluster fails on the missing kubeconfig, naming it,
+// before the local CA writes a root into the data directory.
+func TestServeThatCannotRunWritesNoState(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "")
+	dataDir := filepath.Join(t.TempDir(), "data")
+	cases := []struct {
+		name    string
+		yaml    string
+		mention string
+	}{
+		{"no kubeconfig outside a cluster", "", "kubeconfig"},
+		{"a backend duration that is no duration", "backend:\n  type: vault\n  vault:\n    timeout: 1x", `backend.vault.timeout: duration "1x"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "c.yaml")
+			if err := os.WriteFile(cfg, []byte(tc.yaml+"\nlisten: 127.0.0.1:0\nmetricsListen: \"off\"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := run(t, "serve", "--config", cfg, "--data-dir", dataDir)
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("err = %v, want it to name %q", err, tc.mention)
+			}
+			var written []string
+			filepath.WalkDir(dataDir, func(p string, d os.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					written = append(written, p)
+				}
+				return nil
+			})
+			if len(written) > 0 {
+				t.Fatalf("a failed start left state behind: %v", written)
+			}
+		})
+	}
+}
