@@ -61,14 +61,21 @@ func TestRootRotationWithTheIstioAgent(t *testing.T) {
 		t.Fatalf("building the broker: %v\n%s", err, out)
 	}
 	// status runs `broker trust status` on the same configuration.
-	status := func(b *broker.Broker, want ...string) {
+	// Its propagation wait is 0 unless the case gives its own, and a
+	// selector, when given, is the publisher's.
+	status := func(b *broker.Broker, args []string, selector string, want ...string) {
 		t.Helper()
-		cfg, _ := json.Marshal(map[string]any{
+		c := map[string]any{
 			"dataDir": dataDir, "clusterID": "Kubernetes", "extraTrustedRoots": extra,
 			"authn":   map[string]any{"kubernetes": map[string]any{"kubeconfig": kube.Kubeconfig}},
 			"backend": map[string]any{"type": "local", "local": map[string]any{"caCertsDir": cacerts}},
-		})
-		out, err := exec.Command(bin, "trust", "status", "--config", backendtest.WriteFile(t, "config.yaml", cfg), "--addr", b.Addr()).CombinedOutput()
+		}
+		if selector != "" {
+			c["publish"] = map[string]any{"namespaceSelector": selector}
+		}
+		cfg, _ := json.Marshal(c)
+		args = append([]string{"trust", "status", "--config", backendtest.WriteFile(t, "config.yaml", cfg), "--addr", b.Addr(), "--propagation", "0s"}, args...)
+		out, err := exec.Command(bin, args...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("broker trust status: %v\n%s", err, out)
 		}
@@ -162,7 +169,11 @@ func TestRootRotationWithTheIstioAgent(t *testing.T) {
 	// response, while signing stays under the old one.
 	setExtra(newRoot)
 	agent(b, published(oldRoot, newRoot), oldRoot)
-	status(b, "trust bundle: 2 roots", "6 of 6 namespaces publish the bundle", "serving certificate at", "chains to CN=old root", "safe to switch signing")
+	// Just written: pods may not see it yet.
+	status(b, []string{"--propagation", "10m"}, "", "6 of 6 namespaces publish the bundle", "last namespace written", "NOT SAFE")
+	status(b, nil, "", "trust bundle: 2 roots", "6 of 6 namespaces publish the bundle", "serving certificate at", "chains to CN=old root", "safe to switch signing")
+	// Only the namespaces the publisher serves count.
+	status(b, nil, "kubernetes.io/metadata.name=shop", `publish.namespaceSelector "kubernetes.io/metadata.name=shop"`, "1 of 1 namespaces publish the bundle", "safe to switch signing")
 
 	// (b) Switch signing to the new CA; keep trusting the old root.
 	stop(b)
@@ -177,7 +188,7 @@ func TestRootRotationWithTheIstioAgent(t *testing.T) {
 	// (c) Drop the old root.
 	setExtra()
 	agent(b, published(newRoot), newRoot)
-	status(b, "trust bundle: 1 roots", "chains to CN=new root", "no rotation in progress")
+	status(b, nil, "", "trust bundle: 1 roots", "chains to CN=new root", "no rotation in progress")
 	t.Logf("final bundle: %v", b.Trust.Current().Fingerprints())
 }
 

@@ -2,6 +2,7 @@ package publish
 
 import (
 	"bytes"
+	"fmt"
 	"maps"
 	"slices"
 
@@ -44,7 +45,7 @@ var configMapLabels = map[string]string{"istio.io/config": "true"}
 // (every other key, label and annotation kept; its resourceVersion kept
 // so the write fails rather than overwrite a change it did not see).
 func decideConfigMap(ns *corev1.Namespace, sel labels.Selector, existing *corev1.ConfigMap, bundle []byte) (action, *corev1.ConfigMap) {
-	if ns == nil || terminating(ns) || (sel != nil && !sel.Matches(labels.Set(ns.Labels))) {
+	if !inScope(ns, sel) {
 		return skip, nil
 	}
 	want := string(bundle)
@@ -66,6 +67,28 @@ func decideConfigMap(ns *corev1.Namespace, sel labels.Selector, existing *corev1
 	// A key may not be in both data and binaryData.
 	delete(out.BinaryData, DataKey)
 	return update, out
+}
+
+// inScope: the namespace exists, is not being deleted, and matches the
+// selector (every namespace when sel is nil).
+func inScope(ns *corev1.Namespace, sel labels.Selector) bool {
+	return ns != nil && !terminating(ns) && (sel == nil || sel.Matches(labels.Set(ns.Labels)))
+}
+
+// NamespaceFilter reports which namespaces a publisher configured with
+// selector (kubectl -l syntax, "" for all) writes the bundle into, so
+// that what checks on the publishing (broker trust status) count is what
+// the publisher serves.
+func NamespaceFilter(selector string) (func(*corev1.Namespace) bool, error) {
+	var sel labels.Selector
+	if selector != "" {
+		s, err := labels.Parse(selector)
+		if err != nil {
+			return nil, fmt.Errorf("namespace selector %q: %w", selector, err)
+		}
+		sel = s
+	}
+	return func(ns *corev1.Namespace) bool { return inScope(ns, sel) }, nil
 }
 
 // terminating: a namespace being deleted gets nothing new (the API server

@@ -25,22 +25,25 @@ import (
 	"github.com/meshca/broker/broker"
 	"github.com/meshca/broker/cluster"
 	"github.com/meshca/broker/config"
+	"github.com/meshca/broker/publish"
 	"github.com/meshca/broker/trust"
 )
 
 func trustCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "trust", Short: "Inspect the trust bundle (root rotation)"}
 	var path, addr string
-	var timeout time.Duration
+	var timeout, propagation time.Duration
 	var o overrides
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Show the trust bundle, where it is published, and whether the next rotation step is safe",
 		Long: `status computes the trust bundle from the configuration (the backend's roots and the
 extra trusted roots), then shows, for every cluster (the local one and those of the remote
-secrets), how many namespaces publish exactly that bundle in istio-ca-root-cert, and, with
---addr, which root the broker's serving certificate chains to. The rotation runbook is in
-docs/rotation.md.`,
+secrets), how many of the namespaces the publisher serves (publish.namespaceSelector) publish
+exactly that bundle in istio-ca-root-cert and how long ago the last of them was written (pods
+see a ConfigMap change only after the kubelet's sync: the next step is safe --propagation after
+that), and, with --addr, which root the broker's serving certificate chains to. The rotation
+runbook is in docs/rotation.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(path, &o)
 			if err != nil {
@@ -48,18 +51,19 @@ docs/rotation.md.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			return runTrustStatus(ctx, cmd.OutOrStdout(), cfg, addr)
+			return runTrustStatus(ctx, cmd.OutOrStdout(), cfg, addr, propagation)
 		},
 	}
 	status.Flags().StringVar(&path, "config", "", "YAML configuration file [MESHCA_CONFIG]")
 	status.Flags().StringVar(&addr, "addr", "", "the broker's address, to check its serving certificate (host:port)")
 	status.Flags().DurationVar(&timeout, "timeout", time.Minute, "overall deadline")
+	status.Flags().DurationVar(&propagation, "propagation", 2*time.Minute, "how long after the last ConfigMap write every pod mounting it sees the change (the kubelet's sync period, 1m by default, plus its cache)")
 	o.register(status)
 	cmd.AddCommand(status)
 	return cmd
 }
 
-func runTrustStatus(ctx context.Context, out io.Writer, cfg *config.Config, addr string) error {
+func runTrustStatus(ctx context.Context, out io.Writer, cfg *config.Config, addr string, propagation time.Duration) error {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	signer, err := backends.New(ctx, cfg.Backend.Type, backends.Options{Config: cfg.Backend.Settings, DataDir: cfg.DataDir, Logger: log})
 	if err != nil {
@@ -96,12 +100,34 @@ func runTrustStatus(ctx context.Context, out io.Writer, cfg *config.Config, addr
 			ids = append(ids, id)
 		}
 		sort.Strings(ids)
+		selector := ""
+		if *cfg.Publish.Enabled {
+			selector = cfg.Publish.NamespaceSelector
+		}
+		serves, err := publish.NamespaceFilter(selector)
+		if err != nil {
+			return fmt.Errorf("publish.namespaceSelector: %w", err)
+		}
+		if selector != "" {
+			fmt.Fprintf(out, "namespaces counted: those publish.namespaceSelector %q selects\n", selector)
+		}
+		var lastWrite time.Time
 		for _, id := range ids {
-			ok, err := publishedStatus(ctx, out, id, clusters[id], snap.PEM)
+			ok, written, err := publishedStatus(ctx, out, id, clusters[id], snap.PEM, serves)
 			if err != nil {
 				fmt.Fprintf(out, "cluster %s: %v\n", id, err)
 			}
 			allPublished = allPublished && ok && err == nil
+			if written.After(lastWrite) {
+				lastWrite = written
+			}
+		}
+		// A ConfigMap reaches the pods that mount it only after the
+		// kubelet's sync (up to about a minute) and its cache; until then
+		// an agent still reads the old root-cert.pem.
+		if since := time.Since(lastWrite); allPublished && !lastWrite.IsZero() && since < propagation {
+			fmt.Fprintf(out, "last namespace written %s ago: pods see a ConfigMap up to %s after it changes (kubelet sync and cache)\n", since.Round(time.Second), propagation)
+			allPublished = false
 		}
 	}
 	if addr != "" {
@@ -120,11 +146,14 @@ func runTrustStatus(ctx context.Context, out io.Writer, cfg *config.Config, addr
 	extra := slices.DeleteFunc(slices.Clone(snap.Roots), func(r *x509.Certificate) bool { return slices.ContainsFunc(snap.Backend, r.Equal) })
 	switch {
 	case !allPublished:
-		fmt.Fprintln(out, "  NOT SAFE: the bundle is not yet published everywhere; wait (or fix the clusters above) before switching signing or dropping a root")
+		fmt.Fprintln(out, "  NOT SAFE: the bundle is not yet published everywhere, or not for long enough; wait (or fix the clusters above) before switching signing or dropping a root")
 	case len(extra) == 0:
 		fmt.Fprintln(out, "  no rotation in progress (the bundle is the backend's roots); to start one, add the new root to extraTrustedRoots")
 	default:
-		fmt.Fprintf(out, "  safe to switch signing to a CA under an extra root, or, if the backend already signs under the new root, to drop the old one from extraTrustedRoots once the longest certificate lifetime (policy.maxTTL = %s) has passed since the switch\n", cfg.Policy.MaxTTL.Duration)
+		// Every certificate under the old root must have expired or been
+		// renewed: workloads', the broker's own and istiod's.
+		longest := max(cfg.Policy.MaxTTL.Duration, cfg.TLS.TTL.Duration, cfg.Istiod.TTL.Duration)
+		fmt.Fprintf(out, "  safe to switch signing to a CA under an extra root, or, if the backend already signs under the new root, to drop the old one from extraTrustedRoots once the longest certificate lifetime (%s: the largest of policy.maxTTL, tls.ttl and istiod.ttl) has passed since the switch\n", longest)
 	}
 	return nil
 }
@@ -167,32 +196,44 @@ func statusClusters(ctx context.Context, cfg *config.Config) (map[string]kuberne
 	return out, nil
 }
 
-// publishedStatus prints how many namespaces of one cluster publish the
-// bundle, and reports whether all do.
-func publishedStatus(ctx context.Context, out io.Writer, id string, c kubernetes.Interface, want []byte) (bool, error) {
+// publishedStatus prints how many of the namespaces the publisher serves
+// in one cluster publish the bundle, and reports whether all do and when
+// the last of those ConfigMaps was written.
+func publishedStatus(ctx context.Context, out io.Writer, id string, c kubernetes.Interface, want []byte, serves func(*corev1.Namespace) bool) (bool, time.Time, error) {
+	var lastWrite time.Time
 	nss, err := c.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return false, err
+		return false, lastWrite, err
 	}
-	cms, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=istio-ca-root-cert"})
+	cms, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + publish.ConfigMapName})
 	if err != nil {
-		return false, err
+		return false, lastWrite, err
 	}
-	byNS := map[string]string{}
-	for _, cm := range cms.Items {
-		byNS[cm.Namespace] = cm.Data["root-cert.pem"]
+	byNS := map[string]*corev1.ConfigMap{}
+	for i := range cms.Items {
+		byNS[cms.Items[i].Namespace] = &cms.Items[i]
 	}
 	var total, exact int
 	others := map[string]int{}
-	for _, ns := range nss.Items {
-		if ns.Status.Phase == corev1.NamespaceTerminating || ns.DeletionTimestamp != nil {
+	for i := range nss.Items {
+		ns := &nss.Items[i]
+		if !serves(ns) {
 			continue
 		}
 		total++
-		got, ok := byNS[ns.Name]
+		cm, ok := byNS[ns.Name]
+		got := ""
+		if ok {
+			got = cm.Data[publish.DataKey]
+		}
 		switch {
 		case ok && got == string(want):
 			exact++
+			for _, mf := range cm.ManagedFields {
+				if mf.Time != nil && mf.Time.After(lastWrite) {
+					lastWrite = mf.Time.Time
+				}
+			}
 		case ok:
 			others[describePEM(got)]++
 		default:
@@ -208,7 +249,7 @@ func publishedStatus(ctx context.Context, out io.Writer, id string, c kubernetes
 	for _, k := range keys {
 		fmt.Fprintf(out, "  %d namespaces hold %s\n", others[k], k)
 	}
-	return exact == total, nil
+	return exact == total, lastWrite, nil
 }
 
 func describePEM(s string) string {
