@@ -128,6 +128,7 @@ func serveCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := broker.NewLogger(cfg.Log)
+			broker.RouteClientGoLogs(log)
 			log.Info("garbage collector", "settings", tuneGC())
 			startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 			b, err := broker.Start(startCtx, cfg, broker.Options{Logger: log})
