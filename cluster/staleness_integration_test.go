@@ -48,18 +48,8 @@ func viewerToken(t *testing.T, kube *testenv.Kube) (token string, binding *rbacv
 	return tok, binding
 }
 
-// until polls cond every 50ms for at most limit and returns how long it took.
-func until(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > limit {
-			t.Fatalf("%s: not within %s", what, limit)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return time.Since(start)
-}
+// until is testenv.WaitUntil.
+var until = testenv.WaitUntil
 
 // startSynced starts a view of the cluster rc reaches and waits until it
 // is synced; it is stopped when the test ends.

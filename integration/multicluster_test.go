@@ -61,18 +61,8 @@ func writeRemoteSecret(t testing.TB, local *testenv.Kube, name string, data map[
 	}
 }
 
-// waitUntil polls cond every 20ms up to limit and returns how long it took.
-func waitUntil(t testing.TB, what string, limit time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > limit {
-			t.Fatalf("%s: not within %s", what, limit)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
-}
+// waitUntil is testenv.WaitUntil.
+var waitUntil = testenv.WaitUntil
 
 func remoteServing(b *broker.Broker, id string) *cluster.Cluster {
 	c, err := b.Clusters().Get(id)
