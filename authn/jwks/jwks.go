@@ -525,6 +525,15 @@ func (a *Authenticator) Authenticate(ctx context.Context, req *authn.Request) (*
 // cluster check, which refuses what this one cannot see (a deleted pod, a
 // recreated service account).
 func (a *Authenticator) checkScope(c *Claims) error {
+	var servedErr error
+	if a.cfg.ServedBy != nil {
+		id, err := a.cfg.ServedBy(a.cfg.Issuer)
+		if err == nil && id != "" {
+			return fmt.Errorf("%w: jwt: issuer %s is cluster %q's, whose tokens are checked against its live objects, not by this key set (cluster %q); present the token with clusterid %q",
+				authn.ErrDenied, a.cfg.Issuer, id, a.cfg.ClusterID, id)
+		}
+		servedErr = err
+	}
 	if a.cfg.RefuseKubernetesBound {
 		var bound []string
 		if c.PodName != "" {
@@ -540,21 +549,14 @@ func (a *Authenticator) checkScope(c *Claims) error {
 			return fmt.Errorf("%w: jwt: token is bound to Kubernetes %s, which a key set cannot check still exists; verify it with authn.kubernetes, or set allowKubernetesBoundTokens on this jwks entry",
 				authn.ErrDenied, strings.Join(bound, ", "))
 		}
+		// A served cluster whose issuer is not known yet (not reached
+		// since start) must not stop every caller of this key set: what
+		// is at stake is only an unbound token, since bound ones (all an
+		// Istio agent sends) were refused above.
+		return nil
 	}
-	if a.cfg.ServedBy != nil {
-		id, err := a.cfg.ServedBy(a.cfg.Issuer)
-		switch {
-		case err != nil && a.cfg.RefuseKubernetesBound:
-			// A served cluster whose issuer is not known yet (not
-			// reached since start) must not stop every caller of this
-			// key set: what is at stake is only an unbound token, since
-			// bound ones (all an Istio agent sends) were refused above.
-		case err != nil:
-			return fmt.Errorf("%w: jwt: cannot tell whether issuer %s belongs to a cluster the broker serves: %v", authn.ErrUnavailable, a.cfg.Issuer, err)
-		case id != "":
-			return fmt.Errorf("%w: jwt: issuer %s is cluster %q's, whose tokens are checked against its live objects, not by this key set (cluster %q); present the token with clusterid %q",
-				authn.ErrDenied, a.cfg.Issuer, id, a.cfg.ClusterID, id)
-		}
+	if servedErr != nil {
+		return fmt.Errorf("%w: jwt: cannot tell whether issuer %s belongs to a cluster the broker serves: %v", authn.ErrUnavailable, a.cfg.Issuer, servedErr)
 	}
 	return nil
 }
