@@ -143,6 +143,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		Issuance: issuance.New(signer, issuance.Config{
 			SignTimeout: max(time.Minute, cfg.SignTimeout.Duration),
 			MaxInFlight: lim.Issuance.MaxInFlight,
+			Rate:        lim.Issuance.BackendRate,
+			Burst:       lim.Issuance.BackendBurst,
 		}),
 		Impersonation: imp,
 		Authenticator: authenticator,
