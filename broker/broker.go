@@ -143,6 +143,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 		Issuance: issuance.New(signer, issuance.Config{
 			SignTimeout: max(time.Minute, cfg.SignTimeout.Duration),
 			MaxInFlight: lim.Issuance.MaxInFlight,
+			Rate:        lim.Issuance.BackendRate,
+			Burst:       lim.Issuance.BackendBurst,
 		}),
 		Impersonation: imp,
 		Authenticator: authenticator,
@@ -195,6 +197,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 	cl.Refused = func(limit string) { metrics.Refused("connections_" + limit) }
 	lis = cl
 	parts := &runner.Group{Log: log}
+	var elector *leader.Elector
 	if *cfg.LeaderElection.Enabled {
 		el, err := leader.New(leader.Config{
 			Client: clusters.Local().Client, Namespace: cfg.LeaderElection.Namespace, Name: cfg.LeaderElection.Name,
@@ -209,6 +212,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 			return nil, err
 		}
 		parts.Elector = el
+		elector = el
+		reg.MustRegister(leaderState{el, cfg.LeaderElection.Namespace + "/" + cfg.LeaderElection.Name})
 	}
 	if *cfg.Publish.Enabled {
 		pub, err := publish.New(publish.Config{
@@ -255,6 +260,22 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Broker, erro
 				return
 			}
 			fmt.Fprintln(w, "ok")
+		})
+		// Not part of /readyz: when the election fails for every replica
+		// (its namespace deleted, RBAC lost) an unready pod would stop
+		// issuance too, which the election does not affect. A monitor or
+		// a rollout gate asks here.
+		mux.HandleFunc("/readyz/leader-election", func(w http.ResponseWriter, _ *http.Request) {
+			if elector == nil {
+				fmt.Fprintln(w, "ok: leader election off")
+				return
+			}
+			bound := 4 * cfg.LeaderElection.LeaseDuration.Duration
+			if d, reason := elector.Failing(); d > bound {
+				http.Error(w, fmt.Sprintf("leader election failing for %s (more than %s): %s", d.Round(time.Second), bound, reason), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintf(w, "ok: leading=%v\n", elector.Leading())
 		})
 		b.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		b.goServe(func() error { return b.metrics.Serve(b.metLis) })
@@ -441,6 +462,33 @@ func (c clusterStates) Collect(ch chan<- prometheus.Metric) {
 		stale, _ := cl.Staleness()
 		ch <- prometheus.MustNewConstMetric(clusterStaleDesc, prometheus.GaugeValue, stale.Seconds(), cl.ID)
 	}
+}
+
+// leaderState exports whether this replica leads and how long the
+// election has been failing.
+type leaderState struct {
+	e     *leader.Elector
+	lease string
+}
+
+var (
+	leaderDesc        = prometheus.NewDesc("meshca_leader", "1 while this replica holds the leader Lease (it publishes the trust bundle and keeps istiod's certificate).", []string{"lease"}, nil)
+	leaderFailingDesc = prometheus.NewDesc("meshca_leader_election_failing_seconds", "How long this replica's Lease calls have been failing (0 when they work); while no replica leads, nothing is published.", []string{"lease"}, nil)
+)
+
+func (l leaderState) Describe(ch chan<- *prometheus.Desc) {
+	ch <- leaderDesc
+	ch <- leaderFailingDesc
+}
+
+func (l leaderState) Collect(ch chan<- prometheus.Metric) {
+	leading := 0.0
+	if l.e.Leading() {
+		leading = 1
+	}
+	ch <- prometheus.MustNewConstMetric(leaderDesc, prometheus.GaugeValue, leading, l.lease)
+	d, _ := l.e.Failing()
+	ch <- prometheus.MustNewConstMetric(leaderFailingDesc, prometheus.GaugeValue, d.Seconds(), l.lease)
 }
 
 // Clusters is the cluster registry (nil when Kubernetes authentication is

@@ -100,6 +100,12 @@ type IssuanceLimits struct {
 	// MaxInFlight bounds the signings under way, also those whose caller
 	// has left (default 512).
 	MaxInFlight int `json:"maxInFlight,omitempty"`
+	// BackendRate caps new signings per second at the backend (0, the
+	// default: no cap), for a PKI with a quota of its own (Google CAS's
+	// DevOps tier: 25 certificates/s per CA); BackendBurst is its bucket
+	// (default: one second's worth). Beyond it: ResourceExhausted at once.
+	BackendRate  float64 `json:"backendRate,omitempty"`
+	BackendBurst int     `json:"backendBurst,omitempty"`
 }
 
 // TLS is the serving certificate.
@@ -412,6 +418,9 @@ func (c *Config) ApplyDefaults() {
 	defD(&c.Limits.Issuance.Refill, time.Second)
 	defI(&c.Limits.Issuance.MaxIdentities, 65536)
 	defI(&c.Limits.Issuance.MaxInFlight, 512)
+	if c.Limits.Issuance.BackendRate > 0 && c.Limits.Issuance.BackendBurst == 0 {
+		c.Limits.Issuance.BackendBurst = max(1, int(c.Limits.Issuance.BackendRate))
+	}
 	defD(&c.TrustAnchorsRefresh, 5*time.Minute)
 	if len(c.TLS.DNSNames) == 0 {
 		c.TLS.DNSNames = append([]string(nil), DefaultDNSNames...)
@@ -712,5 +721,11 @@ func (l *Limits) validate(bad func(key, format string, args ...any)) {
 	}
 	if l.Issuance.MaxInFlight < 1 {
 		bad("limits.issuance.maxInFlight", "%d: want at least 1", l.Issuance.MaxInFlight)
+	}
+	if l.Issuance.BackendRate < 0 {
+		bad("limits.issuance.backendRate", "%v: want 0 (no cap) or more", l.Issuance.BackendRate)
+	}
+	if l.Issuance.BackendBurst < 0 || (l.Issuance.BackendRate > 0 && l.Issuance.BackendBurst < 1) {
+		bad("limits.issuance.backendBurst", "%d: want at least 1", l.Issuance.BackendBurst)
 	}
 }

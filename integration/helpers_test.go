@@ -23,6 +23,13 @@ import (
 // if not nil, is the local cluster whose API server reviews tokens.
 func startBroker(t testing.TB, kube *testenv.Kube, mod func(*config.Config)) *broker.Broker {
 	t.Helper()
+	return startBrokerLogging(t, kube, mod, nil)
+}
+
+// startBrokerLogging is startBroker with the broker's log (JSON lines)
+// written to logOut as well.
+func startBrokerLogging(t testing.TB, kube *testenv.Kube, mod func(*config.Config), logOut io.Writer) *broker.Broker {
+	t.Helper()
 	off := false
 	cfg := &config.Config{
 		Listen:        "127.0.0.1:0",
@@ -45,13 +52,15 @@ func startBroker(t testing.TB, kube *testenv.Kube, mod func(*config.Config)) *br
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logOut io.Writer = io.Discard
+	if logOut == nil {
+		logOut = io.Discard
+	}
 	if os.Getenv("MESHCA_TEST_LOG") != "" {
-		logOut = os.Stderr
+		logOut = io.MultiWriter(logOut, os.Stderr)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	b, err := broker.Start(ctx, cfg, broker.Options{Listener: lis, Logger: slog.New(slog.NewTextHandler(logOut, nil))})
+	b, err := broker.Start(ctx, cfg, broker.Options{Listener: lis, Logger: slog.New(slog.NewJSONHandler(logOut, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,17 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,4 +121,99 @@ func checkIstiodSecret(t *testing.T, s *corev1.Secret, b *broker.Broker) *x509.C
 		t.Errorf("istiod's certificate does not verify to ca.crt: %v", err)
 	}
 	return leaf
+}
+
+// syncBuffer is a log sink the broker writes while the test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestLeaderElectionFailureIsSeen: the Lease's namespace does not exist,
+// so no replica can lead and nothing is published. That is an ERROR log
+// line, meshca_leader_election_failing_seconds above 0 and, past four
+// lease durations, a failing /readyz/leader-election, while /readyz (and
+// issuance) stay up. Once the namespace exists the replica leads and all
+// three say so.
+func TestLeaderElectionFailureIsSeen(t *testing.T) {
+	kube := testenv.StartKube(t)
+	kube.CreateNamespace(t, "shop")
+	kube.CreateServiceAccount(t, "shop", "cart")
+	var logs syncBuffer
+	const lease = 2 * time.Second
+	b := startBrokerLogging(t, kube, func(c *config.Config) {
+		c.LeaderElection.LeaseDuration = config.Duration{Duration: lease}
+	}, &logs)
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + b.MetricsAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	took := waitUntil(t, "leader election reported failing", 20*time.Second, func() bool {
+		code, _ := get("/readyz/leader-election")
+		return code == http.StatusServiceUnavailable
+	})
+	_, body := get("/readyz/leader-election")
+	t.Logf("/readyz/leader-election unready %s after start: %s", took.Round(time.Millisecond), strings.TrimSpace(body))
+	if !strings.Contains(body, `namespaces \"istio-system\" not found`) && !strings.Contains(body, `namespaces "istio-system" not found`) {
+		t.Errorf("the reason does not name the missing namespace: %s", body)
+	}
+	if code, _ := get("/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz answered %d: a failing election must not take issuance out of service", code)
+	}
+	if line := metricLine(t, b, `meshca_leader_election_failing_seconds{lease="istio-system/meshca-broker"}`); strings.HasSuffix(line, " 0") || strings.HasPrefix(line, "no ") {
+		t.Errorf("failing seconds: %q", line)
+	}
+	var errorLine map[string]any
+	for _, l := range strings.Split(logs.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(l), &rec) == nil && rec["level"] == "ERROR" && strings.HasPrefix(fmt.Sprint(rec["msg"]), "leader election failing") {
+			errorLine = rec
+			break
+		}
+	}
+	if errorLine == nil || errorLine["lease"] != "istio-system/meshca-broker" {
+		t.Fatalf("no ERROR line for the failing election naming its lease; log:\n%s", logs.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tok, err := kube.Token(ctx, "shop", "cart", []string{"istio-ca"}, time.Hour, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := caclient.NewKey(true)
+	if _, err := dial(t, b, nil).CreateCertificate(ctx, caclient.Request{Key: key, SPIFFEID: cartID, Token: tok, TTL: time.Hour}); err != nil {
+		t.Fatalf("issuance while the election fails: %v", err)
+	}
+
+	kube.CreateNamespace(t, "istio-system")
+	took = waitUntil(t, "leading once the namespace exists", 20*time.Second, func() bool {
+		return strings.HasSuffix(metricLine(t, b, `meshca_leader{lease="istio-system/meshca-broker"}`), " 1")
+	})
+	t.Logf("leading %s after the namespace was created", took.Round(time.Millisecond))
+	if code, body := get("/readyz/leader-election"); code != http.StatusOK || !strings.Contains(body, "leading=true") {
+		t.Errorf("/readyz/leader-election after recovery: %d %s", code, body)
+	}
+	if line := metricLine(t, b, `meshca_leader_election_failing_seconds{lease="istio-system/meshca-broker"}`); !strings.HasSuffix(line, " 0") {
+		t.Errorf("failing seconds after recovery: %q", line)
+	}
+	if !strings.Contains(logs.String(), "leader election working again") {
+		t.Errorf("no line saying the election works again")
+	}
 }

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/meshca/broker/backends"
 )
 
@@ -37,6 +39,13 @@ type Config struct {
 	// left included (default 256). A new signing beyond it is refused at
 	// once with ErrBusy; joining or reusing one is never refused.
 	MaxInFlight int
+	// Rate caps new signings per second (0: no cap), with a bucket of
+	// Burst (default: one second's worth); beyond it a new signing is
+	// refused at once, wrapping backends.ErrThrottled, as the PKI's own
+	// throttling would be. A caller is told at once: waiting would hold
+	// it into the seconds its own retries should have.
+	Rate  float64
+	Burst int
 }
 
 // ErrBusy refuses a new signing while MaxInFlight are under way.
@@ -52,6 +61,8 @@ type Cache struct {
 	cfg    Config
 	signer backends.Signer
 	now    func() time.Time
+
+	rate *rate.Limiter // nil: no cap
 
 	mu       sync.Mutex
 	entries  map[key]*entry
@@ -83,7 +94,11 @@ func New(signer backends.Signer, cfg Config) *Cache {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 256
 	}
-	return &Cache{cfg: cfg, signer: signer, now: time.Now, entries: map[key]*entry{}}
+	c := &Cache{cfg: cfg, signer: signer, now: time.Now, entries: map[key]*entry{}}
+	if cfg.Rate > 0 {
+		c.rate = rate.NewLimiter(rate.Limit(cfg.Rate), max(cfg.Burst, 1, int(cfg.Rate)))
+	}
+	return c
 }
 
 // Outcome says how a Sign was served, for audit and metrics.
@@ -123,6 +138,10 @@ func (c *Cache) Sign(ctx context.Context, req *backends.Request, admit Admit) (*
 		if c.inFlight >= c.cfg.MaxInFlight {
 			c.mu.Unlock()
 			return nil, nil, Issued, fmt.Errorf("%w (%d, the limit); retry in a few seconds", ErrBusy, c.cfg.MaxInFlight)
+		}
+		if c.rate != nil && !c.rate.Allow() {
+			c.mu.Unlock()
+			return nil, nil, Issued, fmt.Errorf("%w: the backend's signing rate (limits.issuance.backendRate, %v/s) is spent; retry in a second", backends.ErrThrottled, c.cfg.Rate)
 		}
 		c.inFlight++
 		e, outcome = &entry{req: req, ready: make(chan struct{})}, Issued

@@ -258,3 +258,33 @@ func TestInFlightBoundCountsSigningsWhoseCallerLeft(t *testing.T) {
 		t.Fatalf("after the signings finished: outcome %s err %v", outcome, err)
 	}
 }
+
+// TestBackendRateRefusesNewSigningsAtOnce: beyond the backend's rate a new
+// signing is refused as the PKI's throttling would be (ResourceExhausted
+// at the edge) without calling it, while retries of what was issued are
+// still served from the cache.
+func TestBackendRateRefusesNewSigningsAtOnce(t *testing.T) {
+	signer := &slowSigner{}
+	c := New(signer, Config{Rate: 0.001, Burst: 2})
+	var issued []*backends.Request
+	for range 2 {
+		req, _ := backendtest.NewRequest(t, workload, time.Hour)
+		if _, _, outcome, err := c.Sign(context.Background(), req, nil); err != nil || outcome != Issued {
+			t.Fatalf("within the burst: outcome %s err %v", outcome, err)
+		}
+		issued = append(issued, req)
+	}
+	third, _ := backendtest.NewRequest(t, workload, time.Hour)
+	_, _, _, err := c.Sign(context.Background(), third, func() error { t.Error("admitted beyond the backend's rate"); return nil })
+	if !errors.Is(err, backends.ErrThrottled) || signer.calls.Load() != 2 {
+		t.Fatalf("beyond the rate: %v after %d PKI calls; want ErrThrottled and 2 calls", err, signer.calls.Load())
+	}
+	if c.InFlight() != 0 || c.Len() != 2 {
+		t.Fatalf("the refusal left %d in flight and %d entries", c.InFlight(), c.Len())
+	}
+	for i, req := range issued {
+		if _, _, outcome, err := c.Sign(context.Background(), retryOf(req, time.Second), nil); err != nil || outcome != Reused {
+			t.Fatalf("retry %d with the rate spent: outcome %s err %v, want Reused", i, outcome, err)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -33,8 +34,10 @@ type Config struct {
 
 // Elector implements runner.Elector with a Lease.
 type Elector struct {
-	cfg  Config
-	lock *resourcelock.LeaseLock
+	cfg     Config
+	lock    observedLock
+	leading atomic.Bool
+	failing atomic.Pointer[failure]
 }
 
 // New returns an elector.
@@ -63,8 +66,12 @@ func New(cfg Config) (*Elector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("leader election: %w", err)
 	}
-	return &Elector{cfg: cfg, lock: lock.(*resourcelock.LeaseLock)}, nil
+	e := &Elector{cfg: cfg}
+	e.lock = observedLock{Interface: lock, e: e}
+	return e, nil
 }
+
+func (e *Elector) lease() string { return e.cfg.Namespace + "/" + e.cfg.Name }
 
 // Run campaigns until ctx ends; lead runs while this replica leads, with a
 // context that ends when leadership is lost. After a loss it campaigns
@@ -80,11 +87,17 @@ func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context)) {
 			Name:            e.cfg.Name,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(ctx context.Context) {
-					e.cfg.Log.Info("leading", "lease", e.cfg.Namespace+"/"+e.cfg.Name, "identity", e.cfg.Identity)
+					e.leading.Store(true)
+					e.cfg.Log.Info("leading", "lease", e.lease(), "identity", e.cfg.Identity)
 					lead(ctx)
 				},
 				OnStoppedLeading: func() {
-					e.cfg.Log.Info("not leading", "lease", e.cfg.Namespace+"/"+e.cfg.Name, "identity", e.cfg.Identity)
+					// Also called when leadership was never won.
+					if e.leading.Swap(false) && ctx.Err() == nil {
+						e.cfg.Log.Error("lost leadership: trust publishing and istiod's certificate stop here until this replica or another leads", "lease", e.lease(), "identity", e.cfg.Identity)
+					} else {
+						e.cfg.Log.Info("not leading", "lease", e.lease(), "identity", e.cfg.Identity)
+					}
 				},
 			},
 		})
