@@ -170,7 +170,10 @@ type Cluster struct {
 	staleReason atomic.Value // string: why the last probe failed, "" if it did not
 	// overCapacity is set, for good, once more than MaxObjects objects
 	// were cached or listed; the informers are stopped then.
-	overCapacity  atomic.Pointer[watchFailure]
+	overCapacity atomic.Pointer[watchFailure]
+	// cached counts each kind's objects from its informer's events, so
+	// the per-second cap check costs no walk of the caches.
+	cached        [2]atomic.Int64
 	stopInformers context.CancelFunc
 	synced        chan struct{}
 	startOnce     sync.Once
@@ -274,6 +277,14 @@ func New(id string, rc *rest.Config, opts Options) (*Cluster, error) {
 	if err := c.saInformer.SetTransform(compactMetadata); err != nil {
 		return nil, fmt.Errorf("cluster %s: service account transform: %w", id, err)
 	}
+	for kind, inf := range []cache.SharedIndexInformer{c.podInformer, c.saInformer} {
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { c.cached[kind].Add(1) },
+			DeleteFunc: func(any) { c.cached[kind].Add(-1) },
+		}); err != nil {
+			return nil, fmt.Errorf("cluster %s: %s counter: %w", id, kindNames[kind], err)
+		}
+	}
 	return c, nil
 }
 
@@ -340,7 +351,7 @@ func (c *Cluster) cachedExcept(kind int) int {
 
 // checkCapacity is the cap for objects that arrive by watch.
 func (c *Cluster) checkCapacity() {
-	if pods, sas := c.Counts(); pods+sas > c.opts.MaxObjects {
+	if pods, sas := c.cached[kindPods].Load(), c.cached[kindServiceAccounts].Load(); int(pods+sas) > c.opts.MaxObjects {
 		c.exceeded(fmt.Sprintf("%d pods and %d service accounts cached", pods, sas))
 	}
 }

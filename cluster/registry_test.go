@@ -5,22 +5,23 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshca/broker/integration/testenv"
 )
 
 // testRegistry is a registry whose views point at a closed port on
 // 127.0.0.1 (so its policy allows loopback and, with no CA at hand,
 // skipped TLS verification): they never sync, and ownership needs no
 // more.
-func testRegistry(t *testing.T, aliases map[string]string) (*Registry, *logBuffer) {
+func testRegistry(t *testing.T, aliases map[string]string) (*Registry, *testenv.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	r, err := NewRegistry(RegistryConfig{
 		LocalID: "local", Local: &rest.Config{Host: "https://127.0.0.1:1"}, Aliases: aliases,
 		KubeconfigPolicy: KubeconfigPolicy{AllowLoopback: true, AllowInsecureTLS: true},
@@ -46,24 +47,6 @@ func mapValues(m map[string]*Cluster) []*Cluster {
 		out = append(out, c)
 	}
 	return out
-}
-
-// logBuffer is a concurrency-safe log sink.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // remoteSecret is a remote secret created at second sec, its keys the

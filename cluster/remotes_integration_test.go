@@ -24,7 +24,7 @@ import (
 type remoteSetup struct {
 	a, b *testenv.Kube
 	reg  *Registry
-	logs *logBuffer
+	logs *testenv.LogBuffer
 }
 
 func startRemoteSetup(t *testing.T, syncTimeout time.Duration) *remoteSetup {
@@ -33,7 +33,7 @@ func startRemoteSetup(t *testing.T, syncTimeout time.Duration) *remoteSetup {
 	s := &remoteSetup{
 		a:    testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("cluster-a")),
 		b:    testenv.StartKube(t, testenv.KubeEtcd(etcd), testenv.KubeName("cluster-b")),
-		logs: &logBuffer{},
+		logs: &testenv.LogBuffer{},
 	}
 	s.a.CreateNamespace(t, "istio-system")
 	viewerToken(t, s.b)

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -123,24 +121,6 @@ func checkIstiodSecret(t *testing.T, s *corev1.Secret, b *broker.Broker) *x509.C
 	return leaf
 }
 
-// syncBuffer is a log sink the broker writes while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestLeaderElectionFailureIsSeen: the Lease's namespace does not exist,
 // so no replica can lead and nothing is published. That is an ERROR log
 // line, meshca_leader_election_failing_seconds above 0 and, past four
@@ -151,7 +131,7 @@ func TestLeaderElectionFailureIsSeen(t *testing.T) {
 	kube := testenv.StartKube(t)
 	kube.CreateNamespace(t, "shop")
 	kube.CreateServiceAccount(t, "shop", "cart")
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	const lease = 2 * time.Second
 	b := startBrokerLogging(t, kube, func(c *config.Config) {
 		c.LeaderElection.LeaseDuration = config.Duration{Duration: lease}
